@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+TORCH_CPU ?= torch==2.13.0
+export TNEDIT_MODELS ?= $(CURDIR)/.cache/models
+
+.PHONY: install test models bench bench-apply bench-identify lint demo clean
+
+install: $(VENV)/.installed
+
+# On machines without a CUDA driver, install the CPU build of torch first so the `torch>=` range
+# in pyproject.toml is already satisfied and pip never pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+		if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
+		else $(PY) -m pip install -q $(TORCH_CPU); fi; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+models: install
+	$(PY) scripts/make_models.py
+
+test: install models
+	$(PY) -m pytest -q
+
+bench: bench-apply bench-identify
+
+bench-apply: install
+	$(PY) benchmarks/bench_apply.py
+
+bench-identify: install models
+	$(PY) benchmarks/bench_identify.py
+
+lint: install
+	$(VENV)/bin/ruff check tnedit tests benchmarks scripts
+
+demo: install models
+	$(VENV)/bin/tnedit run recipes/gemma3-270m-demo.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

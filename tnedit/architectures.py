@@ -1,0 +1,306 @@
+"""Declarative per-architecture facts: where the MLP output projection lives and how to read it.
+
+Every other module asks this table instead of branching on ``model_type``. The module is a leaf: it
+imports nothing from tnedit and no heavy library, so the CLI can consult it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Layout = Literal["linear", "conv1d"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one family of decoder models stores and computes its MLP neurons.
+
+    A neuron is the i-th input of the MLP output projection. In a ``linear`` layout the weight is
+    ``[hidden, intermediate]`` and the neuron owns column i; in GPT-2's ``conv1d`` layout the weight
+    is ``[intermediate, hidden]`` and the neuron owns row i.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    # Dotted paths of the decoder ModuleList, tried in order; they double as checkpoint key prefixes.
+    layer_paths: tuple[str, ...]
+    out_proj: str  # relative to a decoder layer
+    layout: Layout
+    act: str  # module whose output is the activation LAPE thresholds (the gate act for gated MLPs)
+    gated: bool
+    # R, the residual just before the MLP adds its output, is the input of this module ...
+    residual_input_of: str | None
+    # ... or, for parallel-attention blocks, the layer input plus this attention module's output.
+    parallel_attention: str | None = None
+    # A config key that switches the parallel form on (GPT-NeoX); None = always parallel when set.
+    parallel_flag: str | None = None
+    # A norm applied to the MLP output before the residual add (Gemma 2/3 sandwich norm).
+    out_norm: str | None = None
+    out_norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (offset + weight)
+    num_layers_keys: tuple[str, ...] = ("num_hidden_layers",)
+    hidden_keys: tuple[str, ...] = ("hidden_size",)
+    intermediate_keys: tuple[str, ...] = ("intermediate_size",)
+    intermediate_multiple: int | None = None  # intermediate = multiple × hidden when no key is set
+    text_config_key: str | None = None  # multimodal wrappers keep the decoder's config here
+    fused_gate_up: bool = False
+    notes: str = ""
+
+    @property
+    def out_proj_weight(self) -> str:
+        return f"{self.out_proj}.weight"
+
+    def is_parallel(self, config: Mapping[str, Any]) -> bool:
+        if self.parallel_attention is None:
+            return False
+        if self.parallel_flag is None:
+            return True
+        return bool(text_config(config, self).get(self.parallel_flag, False))
+
+    def residual_rule(self, config: Mapping[str, Any]) -> tuple[str, str]:
+        """("input_of", module) or ("parallel", attention module) for this configuration."""
+        if self.is_parallel(config):
+            return ("parallel", str(self.parallel_attention))
+        if self.residual_input_of is None:
+            raise ValueError(f"{self.name}: no residual rule for this configuration")
+        return ("input_of", self.residual_input_of)
+
+
+_LLAMA_PATHS = ("model.layers", "layers")
+
+
+def _gated(name: str, types: tuple[str, ...], **kw: Any) -> Architecture:
+    base: dict[str, Any] = dict(
+        layer_paths=_LLAMA_PATHS,
+        out_proj="mlp.down_proj",
+        layout="linear",
+        act="mlp.act_fn",
+        gated=True,
+        residual_input_of="post_attention_layernorm",
+    )
+    base.update(kw)
+    return Architecture(name=name, model_types=types, **base)
+
+
+_GEMMA_SANDWICH = dict(
+    residual_input_of="pre_feedforward_layernorm",
+    out_norm="post_feedforward_layernorm",
+    out_norm_offset=1.0,
+    notes="sandwich norms: R is the input of pre_feedforward_layernorm; the MLP output passes "
+    "through post_feedforward_layernorm, a (1 + w) RMSNorm, before it is added",
+)
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    _gated("llama", ("llama",)),
+    _gated("mistral", ("mistral",)),
+    _gated("qwen2", ("qwen2",)),
+    _gated("qwen3", ("qwen3",)),
+    _gated("gemma", ("gemma",)),
+    _gated("gemma2", ("gemma2",), **_GEMMA_SANDWICH),
+    _gated("gemma3_text", ("gemma3_text",), **_GEMMA_SANDWICH),
+    _gated(
+        "gemma3",
+        ("gemma3",),
+        layer_paths=(
+            "model.language_model.layers",
+            "language_model.model.layers",
+            "language_model.layers",
+            "model.layers",
+        ),
+        text_config_key="text_config",
+        **_GEMMA_SANDWICH,
+    ),
+    _gated(
+        "phi3",
+        ("phi3",),
+        act="mlp.activation_fn",
+        fused_gate_up=True,
+        notes="gate and up projections are fused in gate_up_proj; down_proj is separate",
+    ),
+    _gated(
+        "cohere",
+        ("cohere",),
+        residual_input_of=None,
+        parallel_attention="self_attn",
+        hidden_keys=("hidden_size",),
+        notes="parallel block: attention and MLP read the same normed input",
+    ),
+    Architecture(
+        name="gpt2",
+        model_types=("gpt2",),
+        layer_paths=("transformer.h", "h"),
+        out_proj="mlp.c_proj",
+        layout="conv1d",
+        act="mlp.act",
+        gated=False,
+        residual_input_of="ln_2",
+        num_layers_keys=("n_layer",),
+        hidden_keys=("n_embd",),
+        intermediate_keys=("n_inner",),
+        intermediate_multiple=4,
+        notes="Conv1D stores [intermediate, hidden]: neuron i is row i",
+    ),
+    Architecture(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        layer_paths=("gpt_neox.layers", "layers"),
+        out_proj="mlp.dense_4h_to_h",
+        layout="linear",
+        act="mlp.act",
+        gated=False,
+        residual_input_of="post_attention_layernorm",
+        parallel_attention="attention",
+        parallel_flag="use_parallel_residual",
+    ),
+    Architecture(
+        name="bloom",
+        model_types=("bloom",),
+        layer_paths=("transformer.h", "h"),
+        out_proj="mlp.dense_4h_to_h",
+        layout="linear",
+        act="mlp.gelu_impl",
+        gated=False,
+        residual_input_of="post_attention_layernorm",
+        num_layers_keys=("n_layer", "num_hidden_layers"),
+        hidden_keys=("hidden_size", "n_embed"),
+        intermediate_keys=(),
+        intermediate_multiple=4,
+        notes="the attention module adds the residual itself; R is the input of post_attention_layernorm",
+    ),
+    Architecture(
+        name="opt",
+        model_types=("opt",),
+        layer_paths=("model.decoder.layers", "decoder.layers"),
+        out_proj="fc2",
+        layout="linear",
+        act="activation_fn",
+        gated=False,
+        residual_input_of="final_layer_norm",
+        intermediate_keys=("ffn_dim",),
+        notes="fc1/fc2 live on the decoder layer itself; assumes do_layer_norm_before (all but 350m)",
+    ),
+)
+
+MOE_TYPES: frozenset[str] = frozenset(
+    {
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "deepseek_v2",
+        "deepseek_v3",
+        "dbrx",
+        "jamba",
+        "olmoe",
+        "phimoe",
+        "granitemoe",
+        "llama4",
+        "gpt_oss",
+        "minimax",
+    }
+)
+
+_BY_TYPE: dict[str, Architecture] = {t: a for a in ARCHITECTURES for t in a.model_types}
+
+
+class UnknownArchitecture(ValueError):
+    """Raised for a model_type outside the table; tnedit.errors re-wraps it for the CLI."""
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_TYPE)
+
+
+def get_architecture(model_type: str) -> Architecture:
+    if model_type in _BY_TYPE:
+        return _BY_TYPE[model_type]
+    if model_type in MOE_TYPES:
+        raise UnknownArchitecture(
+            f"model_type '{model_type}' is a mixture-of-experts model: not supported yet "
+            "(neurons of routed experts need per-expert indices)"
+        )
+    raise UnknownArchitecture(
+        f"model_type '{model_type}' is not supported; supported types: " + ", ".join(supported_model_types())
+    )
+
+
+def architecture_for_config(config: Mapping[str, Any]) -> Architecture:
+    model_type = config.get("model_type")
+    if not model_type:
+        raise UnknownArchitecture("config.json has no 'model_type' key")
+    return get_architecture(str(model_type))
+
+
+def text_config(config: Mapping[str, Any], arch: Architecture) -> Mapping[str, Any]:
+    """The decoder's own config: the nested text config of a multimodal wrapper, else the config."""
+    if arch.text_config_key and isinstance(config.get(arch.text_config_key), Mapping):
+        return config[arch.text_config_key]
+    return config
+
+
+def _first_key(cfg: Mapping[str, Any], keys: Iterable[str]) -> int | None:
+    for key in keys:
+        value = cfg.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def num_layers(config: Mapping[str, Any], arch: Architecture) -> int:
+    value = _first_key(text_config(config, arch), arch.num_layers_keys)
+    if value is None:
+        raise UnknownArchitecture(f"config has none of {list(arch.num_layers_keys)} for the layer count")
+    return value
+
+
+def hidden_size(config: Mapping[str, Any], arch: Architecture) -> int:
+    value = _first_key(text_config(config, arch), arch.hidden_keys)
+    if value is None:
+        raise UnknownArchitecture(f"config has none of {list(arch.hidden_keys)} for the hidden size")
+    return value
+
+
+def intermediate_size(config: Mapping[str, Any], arch: Architecture) -> int:
+    cfg = text_config(config, arch)
+    value = _first_key(cfg, arch.intermediate_keys)
+    if value is not None:
+        return value
+    if arch.intermediate_multiple is not None:
+        return arch.intermediate_multiple * hidden_size(config, arch)
+    raise UnknownArchitecture(f"config has none of {list(arch.intermediate_keys)} for the intermediate size")
+
+
+def out_proj_key(prefix: str, layer: int, arch: Architecture) -> str:
+    return f"{prefix}.{layer}.{arch.out_proj_weight}"
+
+
+def find_layer_prefix(keys: Iterable[str], arch: Architecture) -> str:
+    """The layer path whose layer-0 output projection is among the checkpoint keys."""
+    key_set = set(keys)
+    for prefix in arch.layer_paths:
+        if out_proj_key(prefix, 0, arch) in key_set:
+            return prefix
+    tried = ", ".join(out_proj_key(p, 0, arch) for p in arch.layer_paths)
+    raise UnknownArchitecture(f"no MLP output projection found in the checkpoint (looked for {tried})")
+
+
+def neuron_axis(arch: Architecture) -> int:
+    """The weight axis that indexes neurons: 1 for Linear columns, 0 for Conv1D rows."""
+    return 1 if arch.layout == "linear" else 0
+
+
+def resolve_module(root: Any, dotted: str) -> Any:
+    obj = root
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def decoder_layers(model: Any, arch: Architecture) -> Any:
+    """The decoder ModuleList of a loaded model (CausalLM wrapper or base model)."""
+    for path in arch.layer_paths:
+        try:
+            return resolve_module(model, path)
+        except (AttributeError, IndexError):
+            continue
+    raise UnknownArchitecture(f"{arch.name}: none of {list(arch.layer_paths)} found on the model")

@@ -1,0 +1,336 @@
+"""Loading a model for analysis, batching under right padding, and last-token capture via hooks.
+
+This is the one forward-pass path: identify and evaluate both read hidden states through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tnedit.architectures import (
+    Architecture,
+    architecture_for_config,
+    decoder_layers,
+    hidden_size,
+    intermediate_size,
+    num_layers,
+    resolve_module,
+)
+from tnedit.checkpoint import read_config, resolve_source
+from tnedit.errors import InputError
+from tnedit.neurons import ModelInfo, fingerprint
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device '{device}' (expected cpu, cuda, mps or auto)") from None
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype: unknown dtype '{dtype}' (expected auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM plus the registry facts and tokenizer needed to read its neurons."""
+
+    model: Any
+    tokenizer: Any
+    arch: Architecture
+    config: dict[str, Any]
+    name_or_path: str
+    revision: str | None = None
+    layers: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layers = decoder_layers(self.model, self.arch)
+
+    @property
+    def num_layers(self) -> int:
+        return num_layers(self.config, self.arch)
+
+    @property
+    def intermediate_size(self) -> int:
+        return intermediate_size(self.config, self.arch)
+
+    @property
+    def hidden_size(self) -> int:
+        return hidden_size(self.config, self.arch)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def layer_module(self, layer: int, dotted: str) -> Any:
+        return resolve_module(self.layers[layer], dotted)
+
+    def out_proj(self, layer: int) -> Any:
+        return self.layer_module(layer, self.arch.out_proj)
+
+    def fingerprint(self) -> str:
+        shapes = [(i, self.arch.out_proj_weight, tuple(self.out_proj(i).weight.shape)) for i in range(len(self.layers))]
+        return fingerprint(self.config["model_type"], shapes)
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            name_or_path=self.name_or_path,
+            model_type=self.config["model_type"],
+            num_layers=self.num_layers,
+            intermediate_size=self.intermediate_size,
+            fingerprint=self.fingerprint(),
+            revision=self.revision,
+            hidden_size=self.hidden_size,
+        )
+
+    def base_model(self) -> Any:
+        """The decoder stack without the LM head: statistics never need logits."""
+        return self.model.base_model
+
+    def tokenizer_facts(self) -> dict[str, Any]:
+        probe = self.tokenizer("a")["input_ids"]
+        return {
+            "adds_bos": bool(self.tokenizer.bos_token_id is not None and probe[:1] == [self.tokenizer.bos_token_id]),
+            "adds_eos": bool(self.tokenizer.eos_token_id is not None and probe[-1:] == [self.tokenizer.eos_token_id]),
+            "bos_token": self.tokenizer.bos_token,
+            "padding_side": "right",
+        }
+
+
+def load_model(
+    source: str,
+    *,
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM for analysis: eval mode, right padding, a pad token, a registry entry."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_source(source, revision=revision)
+    config = read_config(resolved.path)
+    arch = architecture_for_config(config)
+    kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    if not device_map:
+        model.to(pick_device(device))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        arch=arch,
+        config=config,
+        name_or_path=source,
+        revision=resolved.revision,
+    )
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    last_index: torch.Tensor  # position of the last real token per row (right padding)
+    rows: list[int]  # indices into the caller's sentence list
+
+
+def encode_batches(
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
+) -> Iterator[Batch]:
+    """Right-padded batches, grouped by length so padding wastes little compute.
+
+    Rows come back in length order; ``Batch.rows`` maps them to the caller's indices. Statistics
+    are sums, so order does not change them beyond fp64 rounding.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    encoded = [tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"] for t in texts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise InputError(f"{len(empty)} sentence(s) tokenize to nothing, e.g. row {empty[0] + 1}: {texts[empty[0]]!r}")
+    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[r, : len(encoded[i])] = 1
+        yield Batch(ids.to(device), mask.to(device), (mask.sum(1) - 1).to(device), rows)
+
+
+def gather_last(x: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) → (B, D) at each row's last real token.
+
+    A flattened (B·T, D) input (OPT's decoder layer reshapes before its MLP) is viewed as (B, T, D).
+    """
+    if x.dim() == 2:
+        x = x.view(last_index.shape[0], -1, x.shape[-1])
+    return x[torch.arange(x.shape[0], device=x.device), last_index.to(x.device)]
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+# --- capture -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LastTokenStates:
+    """Per-layer last-token tensors of one batch, each (B, ·) in the model's dtype.
+
+    ``out_scale[l]`` is the per-dimension factor that turns ``a_i v_i`` into neuron i's exact
+    contribution to the residual when an output norm follows the MLP (Gemma 2/3); None otherwise.
+    """
+
+    h: dict[int, torch.Tensor] = field(default_factory=dict)
+    r: dict[int, torch.Tensor] = field(default_factory=dict)
+    a: dict[int, torch.Tensor] = field(default_factory=dict)
+    out_scale: dict[int, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None  # (B, T, V), only from run(batch, logits=True)
+
+
+class LastTokenCapture:
+    """Hooks that record, at the last real token, what identify and evaluate need.
+
+    ``want`` is a subset of {"h", "r", "a"}: raw decoder-layer outputs, the pre-MLP residual R,
+    and the output-projection inputs (neuron activations). Use as a context manager; call
+    :meth:`run` per batch.
+    """
+
+    def __init__(self, lm: LoadedModel, want: Sequence[str], layers: Sequence[int] | None = None):
+        self.lm = lm
+        self.want = set(want)
+        self.layers = list(range(len(lm.layers))) if layers is None else list(layers)
+        self.states = LastTokenStates()
+        self._last: torch.Tensor | None = None
+        self._handles: list[Any] = []
+        self._layer_inputs: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> LastTokenCapture:
+        for layer in self.layers:
+            self._install(layer)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _install(self, layer: int) -> None:
+        lm, arch = self.lm, self.lm.arch
+        module = lm.layers[layer]
+        if "h" in self.want:
+            self._handles.append(module.register_forward_hook(self._store_output("h", layer)))
+        if "a" in self.want:
+            self._handles.append(lm.out_proj(layer).register_forward_pre_hook(self._store_input("a", layer)))
+        if "r" in self.want:
+            kind, name = arch.residual_rule(lm.config)
+            if kind == "input_of":
+                target = lm.layer_module(layer, name)
+                self._handles.append(target.register_forward_pre_hook(self._store_input("r", layer)))
+            else:
+                self._handles.append(module.register_forward_pre_hook(self._keep_layer_input(layer), with_kwargs=True))
+                attn = lm.layer_module(layer, name)
+                self._handles.append(attn.register_forward_hook(self._parallel_residual(layer)))
+            if arch.out_norm:
+                norm = lm.layer_module(layer, arch.out_norm)
+                self._handles.append(norm.register_forward_pre_hook(self._out_norm_scale(layer, norm)))
+
+    def _store_input(self, kind: str, layer: int) -> Any:
+        def hook(_module: Any, args: Any) -> None:
+            getattr(self.states, kind)[layer] = gather_last(_first(args), self._last)
+
+        return hook
+
+    def _store_output(self, kind: str, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, out: Any) -> None:
+            getattr(self.states, kind)[layer] = gather_last(_first(out), self._last)
+
+        return hook
+
+    def _keep_layer_input(self, layer: int) -> Any:
+        def hook(_module: Any, args: Any, kwargs: Any) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            self._layer_inputs[layer] = gather_last(x, self._last)
+
+        return hook
+
+    def _parallel_residual(self, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, out: Any) -> None:
+            attn = gather_last(_first(out), self._last)
+            self.states.r[layer] = self._layer_inputs.pop(layer) + attn
+
+        return hook
+
+    def _out_norm_scale(self, layer: int, norm: Any) -> Any:
+        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        offset = self.lm.arch.out_norm_offset
+
+        def hook(_module: Any, args: Any) -> None:
+            y = gather_last(_first(args), self._last).float()
+            inv_rms = torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+            self.states.out_scale[layer] = (offset + norm.weight.float()) * inv_rms
+
+        return hook
+
+    def run(self, batch: Batch, logits: bool = False) -> LastTokenStates:
+        """One forward pass of the base model (no LM head); returns this batch's states.
+
+        With ``logits=True`` the whole causal LM runs instead and ``states.logits`` holds its
+        next-token logits at every position, so one pass serves hidden states and LM metrics.
+        """
+        self.states = LastTokenStates()
+        self._last = batch.last_index
+        with torch.inference_mode():
+            model = self.lm.model if logits else self.lm.base_model()
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        if logits:
+            self.states.logits = out.logits
+        return self.states

@@ -1,0 +1,154 @@
+"""Model cards for edited checkpoints: Hub front matter, the edit tables, marked sections.
+
+Sections that tnedit owns sit between ``<!-- tnedit:NAME:start -->`` and ``<!-- tnedit:NAME:end -->``
+markers so later steps (evaluate, push) can replace them without touching the author's text.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?", re.S)
+
+
+def read_front_matter(text: str) -> dict[str, Any]:
+    match = _FRONT.match(text)
+    if not match:
+        return {}
+    try:
+        data = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def strip_front_matter(text: str) -> str:
+    return _FRONT.sub("", text, count=1)
+
+
+def _marker(name: str, which: str) -> str:
+    return f"<!-- tnedit:{name}:{which} -->"
+
+
+def section(name: str, markdown: str) -> str:
+    return f"{_marker(name, 'start')}\n{markdown.rstrip()}\n{_marker(name, 'end')}\n"
+
+
+def replace_section(text: str, name: str, markdown: str) -> str:
+    """Replace the named section, or insert it before the source card's text, or append it."""
+    block = section(name, markdown)
+    pattern = re.compile(re.escape(_marker(name, "start")) + r".*?" + re.escape(_marker(name, "end")) + r"\n?", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: block, text, count=1)
+    anchor = _marker("source-card", "start")
+    if anchor in text:
+        return text.replace(anchor, block + "\n" + anchor, 1)
+    return text.rstrip() + "\n\n" + block
+
+
+def update_card_section(card_path: str | Path, name: str, markdown: str) -> None:
+    path = Path(card_path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    path.write_text(replace_section(text, name, markdown), encoding="utf-8")
+
+
+def _front_matter(provenance: dict[str, Any], source_meta: dict[str, Any]) -> dict[str, Any]:
+    src = provenance["source"]
+    method = (provenance.get("neuron_set") or {}).get("method") or {}
+    tags = ["tnedit", "transfer-neurons", "neuron-editing", "multilingual"]
+    for tag in source_meta.get("tags") or []:
+        if tag not in tags:
+            tags.append(tag)
+    meta: dict[str, Any] = {"base_model": src["name_or_path"]}
+    if src.get("is_hub") is False:
+        meta["base_model"] = Path(src["name_or_path"]).name
+    for key in ("license", "license_name", "license_link"):
+        if source_meta.get(key) is not None:
+            meta[key] = source_meta[key]
+    meta["library_name"] = "transformers"
+    meta["pipeline_tag"] = source_meta.get("pipeline_tag", "text-generation")
+    meta["tags"] = tags
+    languages = [method.get("language")] if method.get("language") else []
+    languages += [lang for lang in method.get("languages") or [] if lang not in languages]
+    if source_meta.get("language"):
+        meta["language"] = source_meta["language"]
+    elif languages:
+        meta["language"] = sorted({"en", *languages})
+    return meta
+
+
+def edit_table(provenance: dict[str, Any]) -> str:
+    edit = provenance["edit"]
+    lines = ["| layer | neurons edited |", "|---:|---:|"]
+    for layer, count in sorted(edit["per_layer"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {layer} | {count} |")
+    lines.append(f"| **total** | **{edit['n_neurons']}** |")
+    return "\n".join(lines)
+
+
+def _describe_edit(provenance: dict[str, Any]) -> str:
+    edit = provenance["edit"]
+    src = provenance["source"]
+    ns = provenance.get("neuron_set") or {}
+    method = ns.get("method") or {}
+    what = "zeroed" if edit["op"] == "zero" else f"scaled by {edit['factor']:g}"
+    origin = ""
+    if method.get("kind") == "transfer":
+        origin = (
+            f" They are the top Type-{method.get('type')} transfer neurons for "
+            f"`{method.get('language')}` (Tezuka & Inoue, EMNLP 2025), ranked by `tnedit identify`."
+        )
+    elif method.get("kind"):
+        origin = f" The neuron set was made by `{method.get('kind')}`."
+    revision = f" at revision `{src['revision']}`" if src.get("revision") else ""
+    return (
+        f"This checkpoint is `{src['name_or_path']}`{revision} with {edit['n_neurons']} MLP neurons "
+        f"{what} in their output projection ({src['model_type']}, {src['num_layers']} layers).{origin} "
+        "Every other tensor is bit-identical to the base model."
+    )
+
+
+def render_card(provenance: dict[str, Any], source_card: str | None) -> str:
+    source_meta = read_front_matter(source_card or "")
+    meta = _front_matter(provenance, source_meta)
+    body = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {Path(provenance['source']['name_or_path']).name} — neuron-edited with tnedit",
+        "",
+        section(
+            "edit",
+            "\n".join(
+                [
+                    _describe_edit(provenance),
+                    "",
+                    "## Edit",
+                    "",
+                    edit_table(provenance),
+                    "",
+                    "## Semantics",
+                    "",
+                    provenance["edit"]["semantics"],
+                    "",
+                    "## Provenance",
+                    "",
+                    "`tnedit.json` records the source and its revision, the neuron set's SHA-256, the operation, "
+                    "library versions, the command and the SHA-256 of every weight file. "
+                    "`tnedit_revert.safetensors` holds the original values: `tnedit revert DIR -o OUT` restores "
+                    "the base weights byte for byte.",
+                ]
+            ),
+        ),
+    ]
+    if source_card and strip_front_matter(source_card).strip():
+        body += [
+            "",
+            section("source-card", "## Base model card\n\n" + strip_front_matter(source_card).strip()),
+        ]
+    return "\n".join(body).rstrip() + "\n"

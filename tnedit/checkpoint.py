@@ -1,0 +1,475 @@
+"""Safetensors checkpoints on disk: resolving, validating, streaming patched copies, atomic output.
+
+Nothing here runs a model or loads a whole checkpoint: tensors are read one at a time from their
+byte ranges, so peak memory is about one tensor whatever the model size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tnedit.architectures import (
+    Architecture,
+    UnknownArchitecture,
+    architecture_for_config,
+    find_layer_prefix,
+    hidden_size,
+    intermediate_size,
+    num_layers,
+    out_proj_key,
+)
+from tnedit.errors import CheckpointError, InputError, UnsupportedArchitectureError
+from tnedit.neurons import fingerprint
+
+INDEX_NAME = "model.safetensors.index.json"
+PROVENANCE_NAME = "tnedit.json"
+REVERT_NAME = "tnedit_revert.safetensors"
+CARD_NAME = "README.md"
+# Weights in other formats would ship unedited values beside the edited ones.
+FOREIGN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
+SKIP_DIRS = {".git", ".cache", "__pycache__"}
+CHUNK = 16 * 1024 * 1024
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+ELEMENT_SIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
+QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx", "SCB", "weight_format", "absmax", "quant_map")
+
+
+# --- resolving a source -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    path: Path
+    source: str
+    revision: str | None
+    is_hub: bool
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    return config
+
+
+def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
+    """A local directory as is, or a Hub id downloaded with snapshot_download and pinned to its commit."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise CheckpointError(f"{source}: not a directory (expected a model directory or a Hub id)")
+        return ResolvedSource(local, source, revision, is_hub=False)
+    if not _HUB_ID.match(source) or source.startswith("."):
+        raise CheckpointError(f"{source}: no such directory (and not a Hub id of the form owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id=source, revision=revision))
+    except Exception as exc:  # the hub client raises many types; all mean "could not fetch"
+        raise CheckpointError(f"{source}: could not download from the Hub ({type(exc).__name__}: {exc})") from None
+    commit = path.name if len(path.name) == 40 else revision
+    return ResolvedSource(path, source, commit, is_hub=True)
+
+
+# --- safetensors headers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute file offsets
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass
+class SafetensorsHeader:
+    path: Path
+    data_start: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] | None
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw_len = fh.read(8)
+        if len(raw_len) != 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", raw_len)
+        if n > size - 8 or n > 100 * 1024 * 1024:
+            raise CheckpointError(f"{path}: corrupt safetensors header length {n}")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON") from None
+    data_start = 8 + n
+    metadata = header.pop("__metadata__", None)
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            info = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), data_start + begin, data_start + end)
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for tensor '{name}'") from None
+        if info.end > size:
+            raise CheckpointError(f"{path}: tensor '{name}' runs past the end of the file (truncated?)")
+        tensors[name] = info
+    return SafetensorsHeader(path, data_start, tensors, metadata)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    arch: Architecture
+    weight_files: list[str]
+    headers: dict[str, SafetensorsHeader]
+    tensor_file: dict[str, str]
+    index_file: str | None
+    layer_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.layer_prefix = find_layer_prefix(self.tensor_file, self.arch)
+        except UnknownArchitecture as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config["model_type"])
+
+    @property
+    def num_layers(self) -> int:
+        return num_layers(self.config, self.arch)
+
+    @property
+    def intermediate_size(self) -> int:
+        return intermediate_size(self.config, self.arch)
+
+    def out_proj_name(self, layer: int) -> str:
+        return out_proj_key(self.layer_prefix, layer, self.arch)
+
+    def tensor(self, name: str) -> TensorInfo:
+        return self.headers[self.tensor_file[name]].tensors[name]
+
+    def fingerprint(self) -> str:
+        shapes = [
+            (layer, self.arch.out_proj_weight, self.tensor(self.out_proj_name(layer)).shape)
+            for layer in range(self.num_layers)
+        ]
+        return fingerprint(self.model_type, shapes)
+
+    def side_files(self) -> Iterator[Path]:
+        """Every non-weight file, relative to the checkpoint root."""
+        weights = set(self.weight_files)
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+            for name in sorted(files):
+                rel = (Path(root) / name).relative_to(self.path)
+                if str(rel) in weights or name.lower().endswith(FOREIGN_WEIGHT_SUFFIXES):
+                    continue
+                if name.endswith(".bin.index.json"):
+                    continue
+                yield rel
+
+    def foreign_weight_files(self) -> list[str]:
+        return sorted(
+            str(p.relative_to(self.path))
+            for p in self.path.rglob("*")
+            if p.is_file()
+            and p.name.lower().endswith(FOREIGN_WEIGHT_SUFFIXES)
+            and not any(part in SKIP_DIRS for part in p.relative_to(self.path).parts)
+        )
+
+
+def _quantization_error(path: Path, config: Mapping[str, Any]) -> None:
+    qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if qc:
+        method = qc.get("quant_method", "unknown") if isinstance(qc, Mapping) else "unknown"
+        raise CheckpointError(
+            f"{path}: quantized checkpoint ({method}); tnedit edits float weights only — "
+            "use the unquantized model and quantize after editing"
+        )
+
+
+def _weight_files(path: Path) -> tuple[list[str], str | None, dict[str, str] | None]:
+    index_path = path / INDEX_NAME
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            weight_map = index["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CheckpointError(f"{index_path}: malformed index (expected a 'weight_map' object)") from None
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{index_path}: names shard '{missing[0]}', which is missing")
+        return files, INDEX_NAME, weight_map
+    files = sorted(p.name for p in path.glob("*.safetensors") if p.name != REVERT_NAME)
+    if not files:
+        if list(path.glob("*.gguf")):
+            raise CheckpointError(
+                f"{path}: only GGUF weights (quantized); load them with transformers "
+                "(from_pretrained(dir, gguf_file=...)), then save_pretrained to get safetensors"
+            )
+        if list(path.glob("*.bin")) or list(path.glob("*.pt")) or list(path.glob("*.pth")):
+            raise CheckpointError(
+                f"{path}: no .safetensors weights, only PyTorch .bin files; convert them with "
+                "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out) (writes safetensors)"
+            )
+        raise CheckpointError(f"{path}: no .safetensors weight files found")
+    if len(files) > 1:
+        raise CheckpointError(f"{path}: {len(files)} safetensors files but no {INDEX_NAME}")
+    return files, None, None
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and cross-check config, index and shard headers; raise CheckpointError on anything odd."""
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory")
+    config = read_config(root)
+    _quantization_error(root, config)
+    try:
+        arch = architecture_for_config(config)
+    except UnknownArchitecture as exc:
+        raise UnsupportedArchitectureError(f"{root / 'config.json'}: {exc}") from None
+    files, index_file, weight_map = _weight_files(root)
+    headers = {f: read_header(root / f) for f in files}
+    tensor_file: dict[str, str] = {}
+    for f, header in headers.items():
+        for name in header.tensors:
+            tensor_file[name] = f
+    if weight_map is not None:
+        for name, f in weight_map.items():
+            if name not in headers[f].tensors:
+                raise CheckpointError(f"{root / INDEX_NAME}: maps '{name}' to {f}, but that shard has no such tensor")
+        extra = sorted(set(tensor_file) - set(weight_map))
+        if extra:
+            raise CheckpointError(
+                f"{root / INDEX_NAME}: shard {tensor_file[extra[0]]} holds '{extra[0]}', which the index does not list"
+            )
+    quantized = [n for n in tensor_file if n.rsplit(".", 1)[-1] in QUANT_SUFFIXES]
+    if quantized:
+        raise CheckpointError(
+            f"{root}: quantized tensors found (e.g. '{quantized[0]}'); tnedit edits float weights only"
+        )
+    ckpt = Checkpoint(root, config, arch, files, headers, tensor_file, index_file)
+    _check_out_proj(ckpt)
+    return ckpt
+
+
+def _check_out_proj(ckpt: Checkpoint) -> None:
+    try:
+        hidden, inter, layers = hidden_size(ckpt.config, ckpt.arch), ckpt.intermediate_size, ckpt.num_layers
+    except UnknownArchitecture as exc:
+        raise CheckpointError(f"{ckpt.path / 'config.json'}: {exc}") from None
+    expected = (hidden, inter) if ckpt.arch.layout == "linear" else (inter, hidden)
+    for layer in range(layers):
+        name = ckpt.out_proj_name(layer)
+        if name not in ckpt.tensor_file:
+            raise CheckpointError(f"{ckpt.path}: tensor '{name}' is missing (config says {layers} layers)")
+        info = ckpt.tensor(name)
+        if info.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{ckpt.path}: '{name}' has dtype {info.dtype}; quantized weights are not supported")
+        if info.shape != expected:
+            raise CheckpointError(
+                f"{ckpt.path}: '{name}' has shape {list(info.shape)}, expected {list(expected)} from config.json"
+            )
+
+
+# --- hashing and streaming copies ---------------------------------------------------------------
+
+
+class _Hasher:
+    """SHA-256 fed from a worker thread so hashing overlaps the reads and writes."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._sha = hashlib.sha256()
+        self._pool = pool
+        self._pending: Any = None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._sha.update, data)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def hexdigest(self) -> str:
+        self.wait()
+        return self._sha.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+TensorPatch = Callable[[TensorInfo, bytearray], bytes | bytearray | memoryview]
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    source_sha256: str | None
+    output_sha256: str
+
+
+def copy_with_patches(
+    src: Path,
+    dst: Path,
+    patches: Mapping[str, TensorPatch],
+    header: SafetensorsHeader,
+    hash_source: bool = False,
+) -> CopyResult:
+    """Copy ``src`` to ``dst`` byte for byte, replacing the bytes of the patched tensors.
+
+    The header, tensor order, dtypes and ``__metadata__`` are the source's own bytes. Each patched
+    tensor is read whole into one buffer and patched in place (peak memory ≈ one tensor plus the
+    one being hashed); everything else streams in chunks.
+    """
+    targets = sorted((header.tensors[name] for name in patches), key=lambda t: t.begin)
+    with ThreadPoolExecutor(max_workers=2) as pool, open(src, "rb") as fi, open(dst, "wb") as fo:
+        src_hash = _Hasher(pool) if hash_source else None
+        dst_hash = _Hasher(pool)
+
+        def stream(upto: int | None) -> None:
+            while upto is None or fi.tell() < upto:
+                chunk = fi.read(CHUNK if upto is None else min(CHUNK, upto - fi.tell()))
+                if not chunk:
+                    return
+                if src_hash:
+                    src_hash.update(chunk)
+                dst_hash.update(chunk)
+                fo.write(chunk)
+
+        for info in targets:
+            stream(info.begin)
+            buffer = bytearray(info.nbytes)
+            if fi.readinto(buffer) != info.nbytes:
+                raise CheckpointError(f"{src}: tensor '{info.name}' is truncated")
+            if src_hash:
+                src_hash.update(buffer)
+                src_hash.wait()  # the patch below rewrites the buffer in place
+            patched = patches[info.name](info, buffer)
+            if len(patched) != info.nbytes:
+                raise RuntimeError(f"patch of {info.name} changed its size")
+            dst_hash.update(patched)
+            fo.write(patched)
+        stream(None)
+        return CopyResult(src_hash.hexdigest() if src_hash else None, dst_hash.hexdigest())
+
+
+def copy_plain(src: Path, dst: Path, link: bool = False) -> str:
+    """Copy (or hardlink) an untouched file; return its SHA-256, hashed while the kernel copies."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(sha256_file, src)
+        if link:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+        return digest.result()
+
+
+# --- atomic output ------------------------------------------------------------------------------
+
+
+def check_output_dir(out: Path, source: Path, overwrite: bool) -> None:
+    out_r, src_r = out.resolve(), source.resolve()
+    if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
+        raise InputError(f"{out}: the output must not be the source directory, inside it, or contain it")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+
+
+@contextmanager
+def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; rename it to ``out`` only when the block completes.
+
+    On any exception, KeyboardInterrupt included, the temporary directory is removed and ``out``
+    is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tnedit-tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise InputError(f"{out}: appeared while writing (pass --overwrite to replace it)")
+            trash = out.parent / f".{out.name}.tnedit-old-{os.getpid()}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,37 @@
+"""One exception family, so the CLI can turn any expected failure into one clear line."""
+
+from __future__ import annotations
+
+
+class TneditError(Exception):
+    """A failure caused by the user's input or environment, reported without a traceback."""
+
+    exit_code = 2
+
+
+class InputError(TneditError):
+    """A file, option or value that tnedit cannot use as given."""
+
+
+class CheckpointError(InputError):
+    """A model directory that is missing, malformed, quantized or otherwise unusable."""
+
+
+class NeuronSetError(InputError):
+    """A neurons file or neuron list that is malformed or does not fit the model."""
+
+
+class UnsupportedArchitectureError(InputError):
+    """A model_type that the architecture registry does not cover."""
+
+
+class CorpusError(InputError):
+    """Parallel sentences that are missing, misaligned or unusable."""
+
+
+class RecipeError(InputError):
+    """A recipe file that does not validate."""
+
+
+class HubError(TneditError):
+    """A Hub upload that failed: authentication, network or checksum."""
