@@ -448,3 +448,20 @@ def test_revert_refuses_tampered_checkpoint(tmp_path, capsys, tiny):
     back = tmp_path / "back"
     expect_error(["revert", str(out), "-o", str(back)], capsys, "SHA-256", out=back)
     expect_error(["revert", str(tiny), "-o", str(back)], capsys, "tnedit.json", out=back)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_row_block_streaming_equals_one_block(name, tmp_path, capsys, monkeypatch):
+    """Tiny blocks (a few rows) must give the same bytes as one whole-tensor block, and revert."""
+    import tnedit.checkpoint as checkpoint
+
+    src = make_tiny(name, tmp_path, dtype="bfloat16")
+    args = ["--neurons", "0:0,0:63,1:5,2:31,2:32,3:7", "--op", "scale", "--factor", "0.3"]
+    assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "whole")], capsys)[0] == 0
+    monkeypatch.setattr(checkpoint, "CHUNK", 200)  # 1-3 rows per block
+    assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "blocks")], capsys)[0] == 0
+    assert dir_hashes(tmp_path / "whole") .keys() == dir_hashes(tmp_path / "blocks").keys()
+    for f in ("model.safetensors", "tnedit_revert.safetensors"):
+        assert sha(tmp_path / "whole" / f) == sha(tmp_path / "blocks" / f), f
+    assert run_cli(["revert", str(tmp_path / "blocks"), "-o", str(tmp_path / "back")], capsys)[0] == 0
+    assert sha(tmp_path / "back" / "model.safetensors") == sha(src / "model.safetensors")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+import queue
 import re
 import shutil
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ CARD_NAME = "README.md"
 # Weights in other formats would ship unedited values beside the edited ones.
 FOREIGN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
 SKIP_DIRS = {".git", ".cache", "__pycache__"}
-CHUNK = 16 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 ELEMENT_SIZE = {
     "F64": 8,
@@ -330,26 +332,121 @@ def _check_out_proj(ckpt: Checkpoint) -> None:
 # --- hashing and streaming copies ---------------------------------------------------------------
 
 
-class _Hasher:
-    """SHA-256 fed from a worker thread so hashing overlaps the reads and writes."""
+class _StreamHasher:
+    """SHA-256 of a file being written, computed on a worker thread.
 
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._sha = hashlib.sha256()
-        self._pool = pool
-        self._pending: Any = None
+    The writer describes the output as segments: byte ranges shared with the source file (hashed by
+    reading the source, already in the page cache) and in-memory buffers (patched tensors). A
+    bounded queue keeps at most two buffers alive, so memory stays about one tensor.
+    """
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self.wait()
-        self._pending = self._pool.submit(self._sha.update, data)
+    def __init__(self, src: Path, hash_source: bool):
+        self._src = src
+        self._out = hashlib.sha256()
+        self._in = hashlib.sha256() if hash_source else None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
-    def wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+    def source_range(self, begin: int, end: int) -> None:
+        self._put(("range", begin, end))
 
-    def hexdigest(self) -> str:
-        self.wait()
-        return self._sha.hexdigest()
+    def buffers(self, original: bytes | bytearray | None, patched: bytes | bytearray | memoryview) -> None:
+        """Hash in-memory bytes; returns once they are hashed, so the caller's next tensor may reuse memory."""
+        self._put(("buffers", original, patched))
+        self._queue.join()
+
+    def _put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        try:
+            with open(self._src, "rb") as fh, _map_readonly(fh) as view:
+                while (item := self._queue.get()) is not None:
+                    try:
+                        if item[0] == "range":
+                            self._hash_range(view, item[1], item[2])
+                        else:
+                            if self._in is not None:
+                                self._in.update(item[1])
+                            self._out.update(item[2])
+                    finally:
+                        self._queue.task_done()
+        except BaseException as exc:  # reported to the writer on its next call
+            self._error = exc
+            while self._queue.get() is not None:
+                self._queue.task_done()
+
+    def _hash_range(self, mapped: _Mapped, begin: int, end: int) -> None:
+        if end > len(mapped):
+            raise CheckpointError(f"{self._src}: file ended early")
+        # Hash straight from the page cache through the mapping: no copy into user memory.
+        for start in range(begin, end, CHUNK):
+            stop = min(start + CHUNK, end)
+            chunk = mapped.view[start:stop]
+            self._out.update(chunk)
+            if self._in is not None:
+                self._in.update(chunk)
+            chunk.release()
+            mapped.release(start, stop)
+
+    def finish(self) -> tuple[str | None, str]:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return (self._in.hexdigest() if self._in else None, self._out.hexdigest())
+
+
+class _Mapped:
+    """A read-only mapping that hands out chunk views and drops hashed pages from our RSS.
+
+    The pages stay in the page cache; MADV_DONTNEED only unmaps them from this process, so the
+    resident set stays about one chunk however large the file.
+    """
+
+    def __init__(self, fh: Any):
+        size = os.fstat(fh.fileno()).st_size
+        self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.view = memoryview(self.map) if self.map is not None else memoryview(b"")
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def release(self, begin: int, end: int) -> None:
+        if self.map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = begin - begin % mmap.PAGESIZE
+        self.map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def close(self) -> None:
+        self.view.release()
+        if self.map is not None:
+            self.map.close()
+
+
+@contextmanager
+def _map_readonly(fh: Any) -> Iterator[_Mapped]:
+    mapped = _Mapped(fh)
+    try:
+        yield mapped
+    finally:
+        mapped.close()
+
+
+def _copy_range(fi: Any, fo: Any, begin: int, end: int) -> None:
+    """Copy [begin, end) to the same offsets in the kernel (copy_file_range), else through user space."""
+    while begin < end:
+        try:
+            n = os.copy_file_range(fi.fileno(), fo.fileno(), end - begin, begin, begin)
+        except (AttributeError, OSError):
+            n = os.pwrite(fo.fileno(), os.pread(fi.fileno(), min(CHUNK, end - begin), begin), begin)
+        if n <= 0:
+            raise CheckpointError(f"{fi.name}: file ended early while copying")
+        begin += n
 
 
 def sha256_file(path: Path) -> str:
@@ -360,7 +457,8 @@ def sha256_file(path: Path) -> str:
     return sha.hexdigest()
 
 
-TensorPatch = Callable[[TensorInfo, bytearray], bytes | bytearray | memoryview]
+# Patches a block of whole rows [row0, row1) of a 2-D tensor in place.
+TensorPatch = Callable[[TensorInfo, memoryview, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -378,55 +476,67 @@ def copy_with_patches(
 ) -> CopyResult:
     """Copy ``src`` to ``dst`` byte for byte, replacing the bytes of the patched tensors.
 
-    The header, tensor order, dtypes and ``__metadata__`` are the source's own bytes. Each patched
-    tensor is read whole into one buffer and patched in place (peak memory ≈ one tensor plus the
-    one being hashed); everything else streams in chunks.
+    The header, tensor order, dtypes and ``__metadata__`` are the source's own bytes: untouched
+    ranges are copied by the kernel. Patched tensors stream through one block-sized buffer, so peak
+    memory is about CHUNK whatever the tensor size; SHA-256 is computed alongside on a worker thread.
     """
     targets = sorted((header.tensors[name] for name in patches), key=lambda t: t.begin)
-    with ThreadPoolExecutor(max_workers=2) as pool, open(src, "rb") as fi, open(dst, "wb") as fo:
-        src_hash = _Hasher(pool) if hash_source else None
-        dst_hash = _Hasher(pool)
+    size = src.stat().st_size
+    scratch = bytearray(max((_rows_per_block(t)[1] for t in targets), default=0))
+    hasher = _StreamHasher(src, hash_source)
+    try:
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            pos = 0
+            for info in targets:
+                hasher.source_range(pos, info.begin)
+                _copy_range(fi, fo, pos, info.begin)
+                _patch_tensor(fi, fo, info, patches[info.name], scratch, hasher, hash_source)
+                pos = info.end
+            hasher.source_range(pos, size)
+            _copy_range(fi, fo, pos, size)
+    finally:
+        digests = hasher.finish()
+    return CopyResult(*digests)
 
-        def stream(upto: int | None) -> None:
-            while upto is None or fi.tell() < upto:
-                chunk = fi.read(CHUNK if upto is None else min(CHUNK, upto - fi.tell()))
-                if not chunk:
-                    return
-                if src_hash:
-                    src_hash.update(chunk)
-                dst_hash.update(chunk)
-                fo.write(chunk)
 
-        for info in targets:
-            stream(info.begin)
-            buffer = bytearray(info.nbytes)
-            if fi.readinto(buffer) != info.nbytes:
-                raise CheckpointError(f"{src}: tensor '{info.name}' is truncated")
-            if src_hash:
-                src_hash.update(buffer)
-                src_hash.wait()  # the patch below rewrites the buffer in place
-            patched = patches[info.name](info, buffer)
-            if len(patched) != info.nbytes:
-                raise RuntimeError(f"patch of {info.name} changed its size")
-            dst_hash.update(patched)
-            fo.write(patched)
-        stream(None)
-        return CopyResult(src_hash.hexdigest() if src_hash else None, dst_hash.hexdigest())
+def _rows_per_block(info: TensorInfo) -> tuple[int, int]:
+    """Rows per block and the block's bytes: about CHUNK, never less than one row."""
+    if len(info.shape) != 2:
+        raise CheckpointError(f"tensor '{info.name}' has shape {list(info.shape)}; only 2-D tensors can be patched")
+    row_bytes = info.nbytes // max(info.shape[0], 1)
+    rows = max(1, CHUNK // max(row_bytes, 1))
+    return rows, rows * row_bytes
+
+
+def _patch_tensor(
+    fi: Any, fo: Any, info: TensorInfo, patch: TensorPatch, scratch: bytearray, hasher: _StreamHasher, hash_source: bool
+) -> None:
+    """Stream one tensor through ``patch`` in row blocks, so memory is one block, not one tensor."""
+    rows, _ = _rows_per_block(info)
+    row_bytes = info.nbytes // max(info.shape[0], 1)
+    for row0 in range(0, info.shape[0], rows):
+        row1 = min(row0 + rows, info.shape[0])
+        offset, length = info.begin + row0 * row_bytes, (row1 - row0) * row_bytes
+        block = memoryview(scratch)[:length]
+        fi.seek(offset)
+        if fi.readinto(block) != length:
+            raise CheckpointError(f"{fi.name}: tensor '{info.name}' is truncated")
+        original = bytes(block) if hash_source else None
+        patch(info, block, row0, row1)
+        hasher.buffers(original, block)
+        os.pwrite(fo.fileno(), block, offset)
 
 
 def copy_plain(src: Path, dst: Path, link: bool = False) -> str:
     """Copy (or hardlink) an untouched file; return its SHA-256, hashed while the kernel copies."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(sha256_file, src)
-        if link:
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-        else:
-            shutil.copyfile(src, dst)
-        return digest.result()
+    if link:
+        try:
+            os.link(src, dst)
+            return sha256_file(src)
+        except OSError:
+            pass
+    return copy_with_patches(src, dst, {}, SafetensorsHeader(src, 0, {}, None)).output_sha256
 
 
 # --- atomic output ------------------------------------------------------------------------------

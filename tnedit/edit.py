@@ -382,13 +382,44 @@ def _patches_by_file(ckpt: Checkpoint, spec: EditSpec) -> dict[str, dict[str, La
     return by_file
 
 
-def _bake_patch(axis: int, edit: LayerEdit, originals: dict[str, np.ndarray]) -> TensorPatch:
-    def patch(info: TensorInfo, buffer: bytearray) -> bytearray:
-        weight = storage_view(buffer, info.dtype, info.shape)
-        originals[info.name] = patch_slices(weight, info.dtype, axis, edit.indices, edit.factors)
-        return buffer
+class SlicePatch:
+    """Scales (or restores) the neuron slices of one output projection, one row block at a time.
 
-    return patch
+    Linear weights hold neuron i in column i, so every row block carries a piece of every neuron;
+    Conv1D weights hold it in row i, so a block carries the neurons whose rows it spans. The
+    original values are collected block by block, in index order, for the revert file.
+    """
+
+    def __init__(
+        self,
+        axis: int,
+        indices: Sequence[int],
+        factors: Sequence[float] | None = None,
+        original: np.ndarray | None = None,
+    ):
+        self.axis = axis
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
+        self.restore_from = original
+        self._parts: list[np.ndarray] = []
+
+    def __call__(self, info: TensorInfo, block: memoryview, row0: int, row1: int) -> None:
+        weight = storage_view(block, info.dtype, (row1 - row0, info.shape[1]))
+        if self.axis == 1:
+            local, pick = self.indices, slice(row0, row1)
+        else:
+            chosen = (self.indices >= row0) & (self.indices < row1)
+            if not chosen.any():
+                return
+            local, pick = self.indices[chosen] - row0, chosen
+        if self.restore_from is not None:
+            restore_slices(weight, self.axis, local, self.restore_from[pick])
+            return
+        factors = self.factors if self.axis == 1 else self.factors[pick]
+        self._parts.append(patch_slices(weight, info.dtype, self.axis, local, factors))
+
+    def original(self) -> np.ndarray:
+        return np.concatenate(self._parts, axis=0)
 
 
 def check_fingerprint(ckpt: Checkpoint, neuron_set: NeuronSet | None, where: str, force: bool) -> str | None:
@@ -430,7 +461,6 @@ def apply_to_checkpoint(
     Streams one tensor at a time, copies every other file byte for byte, records provenance, the
     original slices (for :func:`revert_checkpoint`) and a model card; ``out`` appears only complete.
     """
-    from tqdm.auto import tqdm
 
     from tnedit.card import render_card
 
@@ -448,32 +478,56 @@ def apply_to_checkpoint(
     axis = neuron_axis(ckpt.arch)
     by_file = _patches_by_file(ckpt, spec)
     originals: dict[str, np.ndarray] = {}
-    weights: dict[str, dict[str, Any]] = {}
     source_card = resolved.path / CARD_NAME
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for rel in ckpt.side_files():
             if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
                 continue
             copy_plain(resolved.path / rel, tmp / rel)
-        total = sum((resolved.path / f).stat().st_size for f in ckpt.weight_files)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="apply", disable=not progress) as bar:
-            for f in ckpt.weight_files:
-                src, dst = resolved.path / f, tmp / f
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                edits = by_file.get(f, {})
-                if edits:
-                    patches = {name: _bake_patch(axis, e, originals) for name, e in edits.items()}
-                    digest = copy_with_patches(src, dst, patches, ckpt.headers[f]).output_sha256
-                else:
-                    digest = copy_plain(src, dst, link=link)
-                weights[f] = {"sha256": digest, "edited_tensors": sorted(edits)}
-                bar.update(src.stat().st_size)
+        weights = _write_weight_files(resolved.path, tmp, ckpt, by_file, axis, originals, link, progress)
         _write_revert_file(tmp / REVERT_NAME, ckpt, by_file, originals, source_card)
         provenance = _provenance(resolved, ckpt, spec, neuron_set, neuron_source, weights, command)
         write_json(tmp / PROVENANCE_NAME, provenance)
         source_text = source_card.read_text(encoding="utf-8") if source_card.is_file() else None
         (tmp / CARD_NAME).write_text(render_card(provenance, source_text), encoding="utf-8")
     return ApplyResult(out, provenance, spec)
+
+
+def _write_weight_files(
+    src_dir: Path,
+    out_dir: Path,
+    ckpt: Checkpoint,
+    by_file: dict[str, dict[str, LayerEdit]],
+    axis: int,
+    originals: dict[str, np.ndarray],
+    link: bool,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Copy or patch every weight file; two files at a time so hashing one overlaps copying another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def one(f: str) -> tuple[str, str]:
+        src, dst = src_dir / f, out_dir / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        edits = by_file.get(f)
+        if not edits:
+            return f, copy_plain(src, dst, link=link)
+        patches = {name: SlicePatch(axis, e.indices, e.factors) for name, e in edits.items()}
+        digest = copy_with_patches(src, dst, patches, ckpt.headers[f]).output_sha256
+        originals.update({name: patch.original() for name, patch in patches.items()})
+        return f, digest
+
+    sizes = {f: (src_dir / f).stat().st_size for f in ckpt.weight_files}
+    order = sorted(ckpt.weight_files, key=lambda f: -sizes[f])  # largest first balances the workers
+    digests: dict[str, str] = {}
+    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="apply", disable=not progress) as bar:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for f, digest in pool.map(one, order):
+                digests[f] = digest
+                bar.update(sizes[f])
+    return {f: {"sha256": digests[f], "edited_tensors": sorted(by_file.get(f, {}))} for f in ckpt.weight_files}
 
 
 def _write_revert_file(
@@ -578,14 +632,6 @@ def read_provenance(edited: Path) -> dict[str, Any]:
     return prov
 
 
-def _restore_patch(axis: int, indices: np.ndarray, original: np.ndarray) -> TensorPatch:
-    def patch(info: TensorInfo, buffer: bytearray) -> bytearray:
-        restore_slices(storage_view(buffer, info.dtype, info.shape), axis, indices.tolist(), original)
-        return buffer
-
-    return patch
-
-
 def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Write ``out`` with the weight files of the checkpoint ``edited`` was made from, byte for byte."""
     from safetensors import safe_open
@@ -611,7 +657,7 @@ def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = 
             if name not in ckpt.tensor_file:
                 raise CheckpointError(f"{revert_path}: names tensor '{name}', which the checkpoint lacks")
             indices = rf.get_tensor(f"{name}::indices")
-            restore[ckpt.tensor_file[name]][name] = _restore_patch(axis, indices, rf.get_tensor(key))
+            restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=rf.get_tensor(key))
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for rel in ckpt.side_files():
             if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):

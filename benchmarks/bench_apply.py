@@ -1,0 +1,164 @@
+"""apply time ÷ `cp -r` of the same checkpoint, and apply's peak RSS, measured in one run.
+
+Builds (once, cached) a random Llama-shaped bf16 checkpoint of >= 2 GB in several shards, edits
+1,000 neurons spread over all layers with the real `tnedit apply` command, and prints a last line:
+``apply/copy=1.10 peak_rss_mb=450 largest_tensor_mb=64 baseline_rss_mb=60``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("TNEDIT_BENCH_CACHE", ROOT / ".cache" / "bench"))
+# TinyLlama-1.1B shape: 22 layers, hidden 2048, intermediate 5632, vocab 32000 → 2.2 GB in bf16.
+SHAPE = dict(hidden=2048, intermediate=5632, layers=22, vocab=32000, heads=32, kv_heads=4)
+SHARD_BYTES = 800 * 1024 * 1024
+
+
+def tensor_shapes(s: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
+    head_dim = s["hidden"] // s["heads"]
+    out = [("model.embed_tokens.weight", (s["vocab"], s["hidden"]))]
+    for i in range(s["layers"]):
+        p = f"model.layers.{i}"
+        out += [
+            (f"{p}.input_layernorm.weight", (s["hidden"],)),
+            (f"{p}.self_attn.q_proj.weight", (s["hidden"], s["hidden"])),
+            (f"{p}.self_attn.k_proj.weight", (s["kv_heads"] * head_dim, s["hidden"])),
+            (f"{p}.self_attn.v_proj.weight", (s["kv_heads"] * head_dim, s["hidden"])),
+            (f"{p}.self_attn.o_proj.weight", (s["hidden"], s["hidden"])),
+            (f"{p}.post_attention_layernorm.weight", (s["hidden"],)),
+            (f"{p}.mlp.gate_proj.weight", (s["intermediate"], s["hidden"])),
+            (f"{p}.mlp.up_proj.weight", (s["intermediate"], s["hidden"])),
+            (f"{p}.mlp.down_proj.weight", (s["hidden"], s["intermediate"])),
+        ]
+    out += [("model.norm.weight", (s["hidden"],)), ("lm_head.weight", (s["vocab"], s["hidden"]))]
+    return out
+
+
+def build_checkpoint(path: Path) -> Path:
+    """Random bf16 weights written shard by shard, so building needs about one shard of memory."""
+    marker = path / ".complete"
+    if marker.is_file():
+        return path
+    import torch
+    from safetensors.torch import save_file
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, shape in tensor_shapes(SHAPE):
+        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        if size + t.numel() * 2 > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.numel() * 2
+    weight_map, total = {}, 0
+    for i, tensors in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(path / fname), metadata={"format": "pt"})
+        for name, t in tensors.items():
+            weight_map[name] = fname
+            total += t.numel() * 2
+        shards[i - 1] = {}
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": SHAPE["hidden"],
+        "intermediate_size": SHAPE["intermediate"],
+        "num_hidden_layers": SHAPE["layers"],
+        "num_attention_heads": SHAPE["heads"],
+        "num_key_value_heads": SHAPE["kv_heads"],
+        "vocab_size": SHAPE["vocab"],
+        "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
+    }
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    marker.write_text("ok\n")
+    return path
+
+
+def neurons_csv(path: Path, n: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    picks = rng.sample(range(SHAPE["layers"] * SHAPE["intermediate"]), n)
+    rows = sorted((p // SHAPE["intermediate"], p % SHAPE["intermediate"]) for p in picks)
+    path.write_text("layer,index\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return path
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--neurons", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=CACHE / "work")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build_only:
+        build_checkpoint(CACHE / "llama-1.1b-bf16")
+        return
+
+    src = CACHE / "llama-1.1b-bf16"
+    if not (src / ".complete").is_file():  # build in a child: ru_maxrss survives fork+exec
+        subprocess.run([sys.executable, __file__, "--build-only"], check=True)
+    size_gb = sum(p.stat().st_size for p in src.glob("*.safetensors")) / 1e9
+    n_shards = len(list(src.glob("*.safetensors")))
+    csv = neurons_csv(CACHE / "neurons-1000.csv", args.neurons)
+    largest_mb = SHAPE["hidden"] * SHAPE["intermediate"] * 2 / 2**20
+    tnedit = [sys.executable, "-m", "tnedit.cli"]
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    subprocess.run(["cat", *map(str, src.glob("*"))], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+
+    _, baseline = timed([sys.executable, "-c", "import tnedit.commands.apply, tnedit.edit, safetensors.numpy, tqdm"])
+    ratios, rss = [], []
+    for r in range(args.repeats):
+        # Flush dirty pages first so neither command pays for the other's writeback.
+        os.sync()
+        copy_s, _ = timed(["cp", "-r", str(src), str(work / f"copy{r}")])
+        os.sync()
+        apply_s, peak = timed([*tnedit, "apply", str(src), str(csv), "-o", str(work / f"edit{r}"), "--quiet"])
+        ratios.append(apply_s / copy_s)
+        rss.append(peak)
+        print(f"run {r}: cp -r {copy_s:.2f}s  apply {apply_s:.2f}s  ratio {apply_s / copy_s:.2f}  peak {peak:.0f} MB")
+        shutil.rmtree(work / f"copy{r}")
+        shutil.rmtree(work / f"edit{r}")
+        os.sync()
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"checkpoint: {size_gb:.2f} GB in {n_shards} shards, {args.neurons} neurons over {SHAPE['layers']} layers")
+    print(
+        f"apply/copy={statistics.median(ratios):.2f} peak_rss_mb={max(rss):.0f} "
+        f"largest_tensor_mb={largest_mb:.0f} baseline_rss_mb={baseline:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
