@@ -465,3 +465,9 @@ def test_row_block_streaming_equals_one_block(name, tmp_path, capsys, monkeypatc
         assert sha(tmp_path / "whole" / f) == sha(tmp_path / "blocks" / f), f
     assert run_cli(["revert", str(tmp_path / "blocks"), "-o", str(tmp_path / "back")], capsys)[0] == 0
     assert sha(tmp_path / "back" / "model.safetensors") == sha(src / "model.safetensors")
+    # The revert file is an ordinary safetensors file holding the original slices in their dtype.
+    from safetensors.torch import load_file
+
+    revert = load_file(str(tmp_path / "blocks" / "tnedit_revert.safetensors"))
+    key = next(k for k in revert if k.endswith("::original"))
+    assert revert[key].dtype == torch.bfloat16

@@ -161,6 +161,49 @@ def read_header(path: Path) -> SafetensorsHeader:
     return SafetensorsHeader(path, data_start, tensors, metadata)
 
 
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "U8": "u1"}
+
+
+def read_tensor(header: SafetensorsHeader, name: str) -> Any:
+    """One tensor as a numpy array of its storage type (BF16 as uint16 bits)."""
+    import numpy as np
+
+    info = header.tensors.get(name)
+    if info is None:
+        raise CheckpointError(f"{header.path}: no tensor '{name}'")
+    if info.dtype not in _NUMPY_DTYPES:
+        raise CheckpointError(f"{header.path}: tensor '{name}' has unsupported dtype {info.dtype}")
+    with open(header.path, "rb") as fh:
+        fh.seek(info.begin)
+        data = fh.read(info.nbytes)
+    return np.frombuffer(data, dtype=_NUMPY_DTYPES[info.dtype]).reshape(info.shape).copy()
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, tuple[Any, str]], metadata: Mapping[str, str]) -> None:
+    """A deterministic safetensors file: sorted keys, so equal inputs give equal bytes.
+
+    ``tensors`` maps names to (numpy array in storage type, safetensors dtype label).
+    """
+    import numpy as np
+
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    arrays = []
+    offset = 0
+    for name in sorted(tensors):
+        array, dtype = tensors[name]
+        data = np.ascontiguousarray(array).astype(_NUMPY_DTYPES[dtype], copy=False)
+        header[name] = {"dtype": dtype, "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
+        arrays.append(data)
+        offset += data.nbytes
+    blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for data in arrays:
+            fh.write(data.tobytes())
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 

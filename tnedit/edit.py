@@ -31,8 +31,11 @@ from tnedit.checkpoint import (
     copy_plain,
     copy_with_patches,
     open_checkpoint,
+    read_header,
+    read_tensor,
     resolve_source,
     write_json,
+    write_safetensors,
 )
 from tnedit.errors import CheckpointError, InputError
 from tnedit.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
@@ -537,23 +540,18 @@ def _write_revert_file(
     originals: dict[str, np.ndarray],
     source_card: Path,
 ) -> None:
-    from safetensors.numpy import save_file
-
-    tensors: dict[str, np.ndarray] = {}
-    dtypes: dict[str, str] = {}
+    tensors: dict[str, tuple[np.ndarray, str]] = {}
     for edits in by_file.values():
         for name, edit in edits.items():
-            tensors[f"{name}::original"] = np.ascontiguousarray(originals[name])
-            tensors[f"{name}::indices"] = np.asarray(edit.indices, dtype=np.int64)
-            dtypes[name] = ckpt.tensor(name).dtype
+            tensors[f"{name}::original"] = (originals[name], ckpt.tensor(name).dtype)
+            tensors[f"{name}::indices"] = (np.asarray(edit.indices, dtype=np.int64), "I64")
     metadata = {
         "format": "tnedit.revert/1",
         "layout": ckpt.arch.layout,
-        "dtypes": json.dumps(dtypes),
         "source_card": source_card.read_text(encoding="utf-8") if source_card.is_file() else "",
         "source_had_card": "1" if source_card.is_file() else "0",
     }
-    save_file(tensors, str(path), metadata=metadata)
+    write_safetensors(path, tensors, metadata)
 
 
 def _provenance(
@@ -634,7 +632,6 @@ def read_provenance(edited: Path) -> dict[str, Any]:
 
 def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Write ``out`` with the weight files of the checkpoint ``edited`` was made from, byte for byte."""
-    from safetensors import safe_open
     from tqdm.auto import tqdm
 
     edited, out = Path(edited), Path(out)
@@ -647,17 +644,19 @@ def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = 
     ckpt = open_checkpoint(edited)
     check_output_dir(out, edited, overwrite)
     axis = neuron_axis(ckpt.arch)
-    with safe_open(str(revert_path), framework="numpy") as rf:
-        metadata = rf.metadata() or {}
-        restore: dict[str, dict[str, TensorPatch]] = defaultdict(dict)
-        for key in rf.keys():
-            if not key.endswith("::original"):
-                continue
-            name = key[: -len("::original")]
-            if name not in ckpt.tensor_file:
-                raise CheckpointError(f"{revert_path}: names tensor '{name}', which the checkpoint lacks")
-            indices = rf.get_tensor(f"{name}::indices")
-            restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=rf.get_tensor(key))
+    revert = read_header(revert_path)
+    metadata = revert.metadata or {}
+    if metadata.get("format") != "tnedit.revert/1":
+        raise CheckpointError(f"{revert_path}: metadata key 'format' must be 'tnedit.revert/1'")
+    restore: dict[str, dict[str, TensorPatch]] = defaultdict(dict)
+    for key in revert.tensors:
+        if not key.endswith("::original"):
+            continue
+        name = key[: -len("::original")]
+        if name not in ckpt.tensor_file:
+            raise CheckpointError(f"{revert_path}: names tensor '{name}', which the checkpoint lacks")
+        indices = read_tensor(revert, f"{name}::indices")
+        restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=read_tensor(revert, key))
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for rel in ckpt.side_files():
             if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
