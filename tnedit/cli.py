@@ -22,7 +22,7 @@ VERBS: dict[str, str] = {
     "revert": "apply:revert",
     "inspect": "apply:inspect",
     "evaluate": "evaluate:evaluate",
-    "push": "run:push",
+    "push": "push:push",
     "run": "run:run",
 }
 

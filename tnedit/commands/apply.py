@@ -104,7 +104,7 @@ def apply(
 
         summary["evaluation"] = evaluate_after_apply(model, result.out, evaluate_lang, quiet=quiet)
     if push_repo:
-        from tnedit.commands.run import push_after_apply
+        from tnedit.commands.push import push_after_apply
 
         summary["push"] = push_after_apply(result.out, push_repo, quiet=quiet)
     emit(summary, as_json, f"wrote {result.out}: {spec.describe()} in {len(summary['per_layer'])} layer(s)")
