@@ -258,6 +258,8 @@ class Checkpoint:
                 rel = (Path(root) / name).relative_to(self.path)
                 if str(rel) in weights or name.lower().endswith(FOREIGN_WEIGHT_SUFFIXES):
                     continue
+                if name.startswith(".tnedit"):  # local markers and temporaries, not model files
+                    continue
                 if name.endswith(".bin.index.json"):
                     continue
                 yield rel
