@@ -1,0 +1,140 @@
+"""Recipe validation, overrides, and the step runner with its skip-if-unchanged stamps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import make_tiny
+from tnedit.errors import RecipeError
+from tnedit.recipes import Recipe, load_recipe, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+model: {name: some/model}
+languages: [ja]
+edits:
+  - {name: e1, neurons: "ja:1", op: zero}
+"""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe) and recipe.model.name and recipe.languages and recipe.edits
+
+
+def test_paper_recipes_cover_the_paper():
+    for slug in ("llama3-8b", "mistral-7b-v0.3", "aya-expanse-8b"):
+        recipe = load_recipe(ROOT / "recipes" / f"{slug}-paper.yaml")
+        assert set(recipe.languages) == {"ja", "ko", "nl", "it"}
+        assert recipe.identify.k == 1000 and recipe.identify.type == "both" and recipe.identify.layers is None
+        refs = {e.neurons for e in recipe.edits}
+        assert refs == {f"{lang}:{t}" for lang in ("ja", "ko", "nl", "it") for t in (1, 2)}
+
+
+def test_defaults_and_name(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL, "my-run.yaml"))
+    assert recipe.name == "my-run" and recipe.output == str(Path("runs") / "my-run")
+    assert recipe.identify.k == 1000 and recipe.evaluate.control == "random"
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (MINIMAL + "identfy: {k: 3}\n", "unknown key 'identfy'; did you mean 'identify'?"),
+        (MINIMAL + "identify: {kk: 3}\n", "identify: unknown key 'kk'; did you mean 'k'?"),
+        (MINIMAL.replace("op: zero", "opp: zero"), "edits[0]: unknown key 'opp'; did you mean 'op'?"),
+        (MINIMAL + "identify: {k: many}\n", "identify.k: expected int"),
+        (MINIMAL + "identify: {k: true}\n", "identify.k: expected int"),
+        (MINIMAL + "languages: ja\n", "languages: expected a list"),
+        ("languages: [ja]\n", "'model.name' is required"),
+        (MINIMAL.replace("op: zero", "op: scale"), "needs a factor"),
+        (MINIMAL + "evaluate: {metrics: [vibes]}\n", "unknown ['vibes']"),
+        (MINIMAL + "push: {edit: nope}\n", "names no edit"),
+        ("model: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipes(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    recipe = load_recipe(path, ["identify.k=500", "edits.0.op=scale", "edits.0.factor=0.5", "model.device=cuda"])
+    assert recipe.identify.k == 500 and recipe.model.device == "cuda"
+    assert recipe.edits[0].op == "scale" and recipe.edits[0].factor == 0.5
+    assert parse_override("identify.layers=0-5") == (["identify", "layers"], "0-5")
+    with pytest.raises(RecipeError, match="did you mean 'k'"):
+        load_recipe(path, ["identify.kk=5"])
+    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+        load_recipe(path, ["identify.k"])
+    with pytest.raises(RecipeError, match="not a valid index"):
+        load_recipe(path, ["edits.3=1"])
+
+
+def _tiny_recipe(tmp_path: Path) -> Path:
+    model = make_tiny("llama", tmp_path)
+    text = f"""
+name: tiny
+model: {{name: {model}, dtype: float32, device: cpu}}
+languages: [ja]
+data: {{source: builtin, identify_rows: 24, evaluate_rows: 12}}
+identify: {{type: 1, k: 8, batch_size: 8}}
+edits:
+  - {{name: ja-t1, neurons: "ja:1", op: zero}}
+evaluate: {{control: random, metrics: [representations, perplexity], n_qa: 0, n_gen: 0}}
+output: {tmp_path / "run"}
+"""
+    return write(tmp_path, text)
+
+
+def test_runner_end_to_end_and_skips(tmp_path, capsys):
+    from tnedit.cli import main
+
+    recipe = _tiny_recipe(tmp_path)
+    out = tmp_path / "run"
+
+    def run(*extra: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main(["run", str(recipe), "--quiet", "--json", *extra])
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        assert info.value.code in (0, None), captured.err
+        return json.loads(captured.out)
+
+    first = run()
+    assert [s["step"] for s in first["steps"]] == ["identify", "apply", "evaluate"]
+    assert not any(s["skipped"] for s in first["steps"])
+    assert (out / "identify" / "neurons-ja-type1.json").is_file()
+    assert (out / "edits" / "ja-t1" / "tnedit.json").is_file()
+    assert (out / "reports" / "ja-t1" / "report.md").is_file()
+    assert not list((out / "edits" / "ja-t1").glob(".tnedit*")), "stamps must not land in the checkpoint"
+    assert first["headline"] and {row["edit"] for row in first["headline"]} == {"ja-t1"}
+    card = (out / "edits" / "ja-t1" / "README.md").read_text()
+    assert "tnedit:evaluation:start" in card
+
+    second = run()
+    assert all(s["skipped"] for s in second["steps"])
+    third = run("--set", "identify.k=6")
+    assert not any(s["skipped"] for s in third["steps"]), "a changed upstream setting reruns everything after it"
+    neurons = json.loads((out / "identify" / "neurons-ja-type1.json").read_text())
+    assert len(neurons["neurons"]) == 6
+    fourth = run("--set", "identify.k=6", "--set", "evaluate.seed=7")
+    assert [s["skipped"] for s in fourth["steps"]] == [True, True, False]
+    forced = run("--set", "identify.k=6", "--set", "evaluate.seed=7", "--force")
+    assert not any(s["skipped"] for s in forced["steps"])

@@ -1,0 +1,74 @@
+"""`tnedit run RECIPE`: a whole pipeline from one YAML file."""
+
+from __future__ import annotations
+
+import click
+
+from tnedit.commands.common import emit, json_option, quiet_option, warn
+
+
+def _summary_table(headline: list[dict]) -> str:
+    if not headline:
+        return ""
+    columns = [c for c in headline[0] if not isinstance(headline[0][c], dict | list)]
+    widths = {c: max(len(str(c)), *(len(_fmt(row.get(c))) for row in headline)) for c in columns}
+    lines = ["  ".join(str(c).ljust(widths[c]) for c in columns)]
+    lines.append("  ".join("-" * widths[c] for c in columns))
+    for row in headline:
+        lines.append("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set identify.k=500 (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Rerun every step even if its output is up to date.")
+@click.option("--dry-run", is_flag=True, help="Validate the recipe and print it; run nothing.")
+@quiet_option
+@json_option
+def run(recipe, overrides, force, dry_run, quiet, as_json):
+    """Run the pipeline a RECIPE describes: identify, apply each edit, evaluate, push.
+
+    A step whose output exists with the same settings hash is skipped unless --force.
+
+    \b
+    Example:
+      tnedit run recipes/gemma3-270m-demo.yaml
+      tnedit run recipes/llama3-8b-ja-type1.yaml --set identify.k=500 --set model.device=cuda
+    """
+    import json
+
+    from tnedit.recipes import RecipeRunner, load_recipe, recipe_to_dict
+
+    parsed = load_recipe(recipe, list(overrides))
+    if dry_run:
+        click.echo(json.dumps(recipe_to_dict(parsed), indent=2))
+        return
+    log = (lambda _m: None) if quiet or as_json else (lambda m: click.echo(m, err=True))
+    result = RecipeRunner(parsed, force=force, quiet=quiet, log=log, warn=warn).run()
+    summary = {
+        "recipe": parsed.name,
+        "output": parsed.output,
+        "steps": [vars(s) for s in result.steps],
+        "headline": result.headline,
+        "reports": result.report_paths,
+    }
+    human = [f"recipe {parsed.name}: {len(result.steps)} step(s), output in {parsed.output}"]
+    table = _summary_table(result.headline)
+    if table:
+        human += ["", table]
+    for path in result.report_paths:
+        human.append(f"report: {path}")
+    emit(summary, as_json, "\n".join(human))
