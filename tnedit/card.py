@@ -56,6 +56,20 @@ def update_card_section(card_path: str | Path, name: str, markdown: str) -> None
     path.write_text(replace_section(text, name, markdown), encoding="utf-8")
 
 
+def base_model_id(source: dict[str, Any], source_meta: dict[str, Any]) -> str:
+    """The Hub id of the base model: the source id, a Hub cache path's repo, or the source card's own."""
+    name = str(source["name_or_path"])
+    if source.get("is_hub"):
+        return name
+    match = re.search(r"models--([^/]+?)--([^/]+)", name)
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    declared = source_meta.get("base_model")
+    if isinstance(declared, str) and declared:
+        return declared
+    return Path(name).name
+
+
 def _front_matter(provenance: dict[str, Any], source_meta: dict[str, Any]) -> dict[str, Any]:
     src = provenance["source"]
     method = (provenance.get("neuron_set") or {}).get("method") or {}
@@ -63,9 +77,7 @@ def _front_matter(provenance: dict[str, Any], source_meta: dict[str, Any]) -> di
     for tag in source_meta.get("tags") or []:
         if tag not in tags:
             tags.append(tag)
-    meta: dict[str, Any] = {"base_model": src["name_or_path"]}
-    if src.get("is_hub") is False:
-        meta["base_model"] = Path(src["name_or_path"]).name
+    meta: dict[str, Any] = {"base_model": base_model_id(src, source_meta)}
     for key in ("license", "license_name", "license_link"):
         if source_meta.get(key) is not None:
             meta[key] = source_meta[key]
@@ -96,18 +108,21 @@ def _describe_edit(provenance: dict[str, Any]) -> str:
     ns = provenance.get("neuron_set") or {}
     method = ns.get("method") or {}
     what = "zeroed" if edit["op"] == "zero" else f"scaled by {edit['factor']:g}"
+    count = f"{edit['n_neurons']} MLP neuron{'s' if edit['n_neurons'] != 1 else ''}"
     origin = ""
     if method.get("kind") == "transfer":
         origin = (
             f" They are the top Type-{method.get('type')} transfer neurons for "
             f"`{method.get('language')}` (Tezuka & Inoue, EMNLP 2025), ranked by `tnedit identify`."
         )
+    elif method.get("kind") == "manual":
+        origin = " The neurons were listed by hand."
     elif method.get("kind"):
-        origin = f" The neuron set was made by `{method.get('kind')}`."
+        origin = f" The neuron set was made by `tnedit identify` ({method.get('kind')})."
     revision = f" at revision `{src['revision']}`" if src.get("revision") else ""
     return (
-        f"This checkpoint is `{src['name_or_path']}`{revision} with {edit['n_neurons']} MLP neurons "
-        f"{what} in their output projection ({src['model_type']}, {src['num_layers']} layers).{origin} "
+        f"This checkpoint is `{src['name_or_path']}`{revision} with {count} "
+        f"{what} in the MLP output projection ({src['model_type']}, {src['num_layers']} layers).{origin} "
         "Every other tensor is bit-identical to the base model."
     )
 

@@ -9,7 +9,21 @@ from typing import Any
 
 import click
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or chatter.")
+
+def _silence_libraries(_ctx: click.Context, _param: click.Parameter, quiet: bool) -> bool:
+    """--quiet also silences the progress bars and chatter of transformers and the Hub client."""
+    if quiet:
+        import os
+
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["TQDM_DISABLE"] = "1"
+    return quiet
+
+
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, callback=_silence_libraries, help="No progress bars or chatter."
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout.")
 
 
