@@ -1,0 +1,755 @@
+"""tnedit identify / select / compare: exact scores, centroids, resume, controls, LAPE, η², CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny import TINY_TYPES, make_tiny
+from tnedit import identify as lib
+from tnedit.architectures import decoder_layers, resolve_module
+from tnedit.capture import load_model
+from tnedit.errors import InputError, TneditError
+from tnedit.neurons import Method, Neuron, NeuronSet, load_neurons
+
+EN = [
+    "The cat sits on the mat.",
+    "I like tea.",
+    "Where is the station? It is over there, near the park.",
+    "Hi",
+    "You must study hard.",
+    "We will leave the house tomorrow morning.",
+    "Good",
+    "The weather is nice today and the sun is shining.",
+    "Bread",
+    "I am tired.",
+    "Do you think it will snow tomorrow?",
+    "My brother plays the guitar every evening.",
+]
+JA = [
+    "猫がマットの上に座っている。",
+    "お茶が好き。",
+    "駅はどこですか。あそこです、公園の近く。",
+    "やあ",
+    "勉強しなさい。",
+    "明日の朝、家を出ます。",
+    "良い",
+    "今日は天気が良くて太陽が輝いています。",
+    "パン",
+    "疲れた。",
+    "明日は雪が降ると思いますか？",
+    "兄は毎晩ギターを弾きます。",
+]
+KO = [
+    "고양이가 매트 위에 앉아 있다.",
+    "차를 좋아해요.",
+    "역이 어디예요? 공원 근처 저기에 있어요.",
+    "안녕",
+    "너 공부 열심히 해야 해.",
+    "우리는 내일 아침에 집을 떠날 것이다.",
+    "좋아",
+    "오늘은 날씨가 좋고 해가 빛나고 있어요.",
+    "빵",
+    "피곤해요.",
+    "내일 눈이 올 것 같아요?",
+    "형은 매일 저녁 기타를 쳐요.",
+]
+
+
+class FakeCorpus:
+    """The corpus API identify uses, over in-memory columns (independent of tnedit.corpus)."""
+
+    def __init__(self, columns: dict[str, list[str]]):
+        self.columns = columns
+        self.languages = list(columns)
+        self.source = "test-corpus"
+        self.sha256 = "0" * 64
+
+    def column(self, lang: str) -> list[str]:
+        return self.columns[lang]
+
+    def pairs(self, a: str, b: str) -> list[tuple[str, str]]:
+        return list(zip(self.columns[a], self.columns[b], strict=True))
+
+
+CORPUS = FakeCorpus({"en": EN, "ja": JA, "ko": KO})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices: thread hand-offs cost more than the maths, badly so on a busy 2-core box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("identify-models")
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            path = make_tiny(name, root)
+            cache[name] = (path, load_model(str(path), device="cpu"))
+        return cache[name]
+
+    return get
+
+
+def settings(**kw) -> lib.IdentifySettings:
+    base = dict(model="tiny", langs=["ja"], type="both", k=20, batch_size=4, quiet=True)
+    base.update(kw)
+    return lib.IdentifySettings(**base)
+
+
+# --- independent reference ----------------------------------------------------------------------
+
+# The module whose output is the MLP branch's whole contribution to the residual stream.
+BRANCH = {
+    "llama": "mlp",
+    "gemma3_text": "post_feedforward_layernorm",
+    "gpt2": "mlp",
+    "gpt_neox": "mlp",
+    "cohere": "mlp",
+}
+
+
+def independent_states(lm, sentence: str) -> dict[str, dict[int, torch.Tensor]]:
+    """One unpadded sentence; R derived as h − (MLP branch output), s as out_norm(y) / y."""
+    model, arch = lm.model, lm.arch
+    layers = decoder_layers(model, arch)
+    rec: dict[str, dict[int, torch.Tensor]] = {"h": {}, "branch": {}, "a": {}, "y": {}}
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(
+            lambda m, a, o, i=i: rec["h"].__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1].double())))
+        branch = resolve_module(layer, BRANCH[arch.name])
+        handles.append(branch.register_forward_hook(
+            lambda m, a, o, i=i: rec["branch"].__setitem__(i, (o[0] if isinstance(o, tuple) else o)[0, -1].double())))
+        handles.append(branch.register_forward_pre_hook(
+            lambda m, a, i=i: rec["y"].__setitem__(i, a[0][0, -1].double())))
+        handles.append(resolve_module(layer, arch.out_proj).register_forward_pre_hook(
+            lambda m, a, i=i: rec["a"].__setitem__(i, a[0][0, -1].double())))
+    try:
+        with torch.no_grad():
+            model(**lm.tokenizer(sentence, return_tensors="pt"))
+    finally:
+        for h in handles:
+            h.remove()
+    out = {"R": {}, "a": rec["a"], "s": {}, "h": rec["h"]}
+    for i in rec["h"]:
+        out["R"][i] = rec["h"][i] - rec["branch"][i]
+        if arch.out_norm:
+            out["s"][i] = rec["branch"][i] / rec["y"][i]
+    return out
+
+
+def brute_scores(lm, sentences, centroids: np.ndarray) -> np.ndarray:
+    """mean_s [cos(R + c_i, C) − cos(R, C)] materialising R + c_i for every neuron (fp64)."""
+    arch = lm.arch
+    out = np.zeros((lm.num_layers, lm.intermediate_size))
+    for sentence in sentences:
+        st = independent_states(lm, sentence)
+        for layer in range(lm.num_layers):
+            w = resolve_module(decoder_layers(lm.model, arch)[layer], arch.out_proj).weight.detach().double()
+            v = w if arch.layout == "linear" else w.T  # (d, m)
+            if arch.out_norm:
+                v = v * st["s"][layer].unsqueeze(1)
+            c = torch.from_numpy(centroids[layer])
+            r = st["R"][layer]
+            moved = r.unsqueeze(1) + v * st["a"][layer].unsqueeze(0)  # (d, m): R + c_i
+            cos_new = (c @ moved) / (c.norm() * moved.norm(dim=0))
+            cos_old = (c @ r) / (c.norm() * r.norm())
+            out[layer] += (cos_new - cos_old).numpy()
+    return out / len(sentences)
+
+
+# --- exactness ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gpt_neox", "cohere"])
+def test_scores_equal_brute_force(models, name):
+    _, lm = models(name)
+    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    st = res.stats["ja"]
+    for t in (1, 2):
+        expected = brute_scores(lm, JA, st.centroids[t])
+        np.testing.assert_allclose(st.scores[t], expected, rtol=0, atol=1e-6)
+        assert np.abs(expected).max() > 1e-4  # not trivially zero
+
+
+@pytest.mark.parametrize("name", list(TINY_TYPES))
+def test_every_registry_type_scores_exactly(models, name):
+    """For every registry type: h = R + Σ_i a_i (s ⊙ v_i) + bias (the score's premise), and identify runs."""
+    from tnedit.capture import LastTokenCapture, encode_batches
+
+    _, lm = models(name)
+    batch = next(encode_batches(lm.tokenizer, JA[:5], 5))
+    with LastTokenCapture(lm, ["h", "r", "a"]) as cap:
+        st = cap.run(batch)
+    with torch.no_grad():
+        for layer in range(lm.num_layers):
+            proj = lm.out_proj(layer)
+            v = proj.weight if lm.arch.layout == "linear" else proj.weight.T
+            contrib = st.a[layer].double() @ v.double().T
+            if getattr(proj, "bias", None) is not None:
+                contrib = contrib + proj.bias.double()
+            if layer in st.out_scale:
+                contrib = contrib * st.out_scale[layer].double()
+            np.testing.assert_allclose((st.h[layer].double() - st.r[layer].double()).numpy(), contrib.numpy(),
+                                       atol=2e-6 * float(st.h[layer].abs().max()) + 1e-6)
+            scorer = lib.LayerScorer(lm, layer, {1: torch.ones(lm.hidden_size, dtype=torch.float64)})
+            scorer.update(st.r[layer], st.a[layer], st.out_scale.get(layer))
+            ones = torch.ones(lm.hidden_size)
+            ref = lib.brute_force_scores(st.r[layer], st.a[layer], v, ones, st.out_scale.get(layer))
+            np.testing.assert_allclose((scorer.sums[1] / scorer.count).numpy(), ref.numpy(), atol=1e-6)
+    res = lib.identify(settings(k=10, eta2=False), lm=lm, corpus=CORPUS)
+    assert len(res.neuron_sets[("ja", 1)]) == 10 and np.isfinite(res.stats["ja"].scores[1]).all()
+
+
+def test_half_precision_scores(tmp_path, monkeypatch):
+    """bf16 weights: the score still equals the fp64 brute force on the same captured states."""
+    from tnedit.capture import LastTokenCapture, encode_batches
+
+    lm = load_model(str(make_tiny("gemma3_text", tmp_path, dtype="bfloat16")), device="cpu")
+    assert lm.dtype == torch.bfloat16
+    batch = next(encode_batches(lm.tokenizer, JA[:6], 6))
+    with LastTokenCapture(lm, ["r", "a"]) as cap:
+        st = cap.run(batch)
+    c = torch.linspace(-1, 1, lm.hidden_size, dtype=torch.float64)
+    for layer in range(lm.num_layers):
+        scorer = lib.LayerScorer(lm, layer, {2: c})
+        scorer.update(st.r[layer], st.a[layer], st.out_scale[layer])
+        ref = lib.brute_force_scores(st.r[layer], st.a[layer], lm.out_proj(layer).weight, c, st.out_scale[layer])
+        np.testing.assert_allclose((scorer.sums[2] / scorer.count).numpy(), ref.numpy(), atol=1e-8, rtol=1e-4)
+    monkeypatch.setattr(lib, "_room_for", lambda device, nbytes: False)  # no cache of squared weights
+    scorer = lib.LayerScorer(lm, 1, {2: c})
+    assert scorer.v2 is None
+    scorer.update(st.r[1], st.a[1], st.out_scale[1])
+    ref = lib.brute_force_scores(st.r[1], st.a[1], lm.out_proj(1).weight, c, st.out_scale[1])
+    np.testing.assert_allclose((scorer.sums[2] / scorer.count).numpy(), ref.numpy(), atol=1e-8, rtol=1e-4)
+    x = torch.randn(5, lm.hidden_size, dtype=torch.float64)
+    w = lm.out_proj(0).weight.detach()
+    np.testing.assert_allclose(lib._matmul(x, w).numpy(), (x @ w.double()).numpy(), rtol=1e-5, atol=1e-6)
+    res = lib.identify(settings(k=10), lm=lm, corpus=CORPUS)
+    assert res.neuron_sets[("ja", 1)].method.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2"])
+def test_centroids_equal_hand_computation(models, name):
+    _, lm = models(name)
+    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    num = lm.num_layers
+    last_layer_out = {}
+    hook = decoder_layers(lm.model, lm.arch)[num - 1].register_forward_hook(
+        lambda m, a, o: last_layer_out.__setitem__("h", (o[0] if isinstance(o, tuple) else o)[0, -1].double()))
+
+    def states(sentence):
+        with torch.no_grad():
+            out = lm.model(**lm.tokenizer(sentence, return_tensors="pt"), output_hidden_states=True)
+        hs = [out.hidden_states[i + 1][0, -1].double() for i in range(num - 1)]  # [-1] is post-norm
+        return torch.stack(hs + [last_layer_out["h"]]).numpy()
+
+    try:
+        en = np.stack([states(s) for s in EN])
+        ja = np.stack([states(s) for s in JA])
+    finally:
+        hook.remove()
+    shared = ((en + ja) / 2).mean(0)
+    l2 = ja.mean(0)
+    st = res.stats["ja"]
+    np.testing.assert_allclose(st.centroids[1], shared, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(st.centroids[2], l2, rtol=1e-5, atol=1e-5)
+
+
+def test_library_passes_match_identify(models):
+    _, lm = models("gemma3_text")
+    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    cents = lib.compute_centroids(lm, EN, JA, batch_size=4)
+    np.testing.assert_allclose(cents["shared"], res.stats["ja"].centroids[1], atol=1e-9)
+    scores = lib.score_neurons(lm, JA, {1: cents["shared"], 2: cents["l2"]}, layers=[1, 3], batch_size=4)
+    np.testing.assert_allclose(scores[1][[1, 3]], res.stats["ja"].scores[1][[1, 3]], atol=1e-9)
+    assert np.isnan(scores[1][0]).all()
+
+
+def test_batch_size_invariance(models):
+    _, lm = models("llama")
+    a = lib.identify(settings(batch_size=1), lm=lm, corpus=CORPUS).stats["ja"]
+    b = lib.identify(settings(batch_size=7), lm=lm, corpus=CORPUS).stats["ja"]
+    for t in (1, 2):
+        np.testing.assert_allclose(a.scores[t], b.scores[t], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.centroids[t], b.centroids[t], rtol=1e-5, atol=1e-5)
+
+
+def test_determinism(models):
+    _, lm = models("gpt2")
+    a = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    b = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    for t in (1, 2):
+        assert np.array_equal(a.stats["ja"].scores[t], b.stats["ja"].scores[t])
+        assert a.neuron_sets[("ja", t)].to_dict() == b.neuron_sets[("ja", t)].to_dict()
+
+
+def test_type_selection_and_layers(models):
+    _, lm = models("llama")
+    res = lib.identify(settings(type=1, k=30), lm=lm, corpus=CORPUS)
+    ns = res.neuron_sets[("ja", 1)]
+    assert list(res.neuron_sets) == [("ja", 1)]
+    assert len(ns) == 30 and ns.method.layers == [0, 1, 2]  # round(0.625 * 4) = 3 (half up)
+    assert {n.layer for n in ns.neurons} <= {0, 1, 2}
+    scores = [n.score for n in ns.neurons]
+    assert scores == sorted(scores, reverse=True)
+    # globally ranked: the k-th best score of the candidate layers is the cut-off
+    flat = np.sort(res.stats["ja"].scores[1][:3].astype(np.float32).ravel())[::-1]
+    assert scores[-1] == pytest.approx(float(flat[29]))
+    res2 = lib.identify(settings(type=2, k=10, layers="1,3"), lm=lm, corpus=CORPUS)
+    assert {n.layer for n in res2.neuron_sets[("ja", 2)].neurons} <= {1, 3}
+    # the other type's scores come free from the same passes
+    np.testing.assert_allclose(res2.scores("ja", 1), res.scores("ja", 1), atol=1e-12)
+    assert list(res2.neuron_sets) == [("ja", 2)]
+
+
+def test_k_larger_than_candidates_is_capped_with_warning(models):
+    _, lm = models("llama")
+    with pytest.warns(lib.IdentifyWarning, match="exceeds the 64 candidate"):
+        res = lib.identify(settings(type=2, k=5000), lm=lm, corpus=CORPUS)
+    assert len(res.neuron_sets[("ja", 2)]) == 64  # Type-2 of 4 layers = layer 3 only
+
+
+def test_two_languages_share_english_pass(models):
+    _, lm = models("llama")
+    calls = []
+    res = lib.identify(settings(langs=["ja", "ko"]), lm=lm, corpus=CORPUS,
+                       on_batch=lambda name, done, total: calls.append(name))
+    single = lib.identify(settings(langs=["ko"]), lm=lm, corpus=CORPUS)
+    assert set(res.neuron_sets) == {("ja", 1), ("ja", 2), ("ko", 1), ("ko", 2)}
+    # ko's centroid pass reuses ja's English sums: it runs over the 12 ko sentences only
+    assert calls.count("ko:centroids") == 3 and calls.count("ja:centroids") == 6
+    np.testing.assert_allclose(res.stats["ko"].scores[1], single.stats["ko"].scores[1], atol=1e-6)
+
+
+# --- outputs, select, resume --------------------------------------------------------------------
+
+
+def test_outputs_and_select_equal_identify(models, tmp_path):
+    _, lm = models("gemma3_text")
+    out = tmp_path / "out"
+    res = lib.identify(settings(output=out, k=25), lm=lm, corpus=CORPUS)
+    assert sorted(p.name for p in out.iterdir()) == ["neurons-ja-type1.json", "neurons-ja-type2.json",
+                                                      "scores-ja.safetensors"]
+    ns = load_neurons(out / "neurons-ja-type1.json")
+    assert ns.method.kind == "transfer" and ns.method.type == 1 and ns.method.language == "ja"
+    assert ns.method.k == 25 and ns.method.position == "last" and ns.method.dtype == "float32"
+    assert ns.method.data["n_pairs"] == 12 and ns.method.data["sha256"] == CORPUS.sha256
+    assert ns.model.fingerprint == lm.fingerprint() and ns.method.tokenizer["adds_bos"] is True
+    assert len(ns.method.extra["eta2"]) == 25 and 0 <= ns.method.extra["eta2_share"] <= 1
+    sf = lib.load_scores(out / "scores-ja.safetensors")
+    assert sf.scores[1].shape == (4, 64) and sf.candidate_layers == {1: [0, 1, 2], 2: [3]}
+    assert sf.language == "ja" and sf.model.name_or_path == lm.name_or_path
+    for t in (1, 2):
+        again = lib.select_from_scores(sf, t, 25)
+        assert [n.key for n in again.neurons] == [n.key for n in res.neuron_sets[("ja", t)].neurons]
+        assert again.to_dict() == res.neuron_sets[("ja", t)].to_dict()
+        assert again.sha256() == load_neurons(out / f"neurons-ja-type{t}.json").sha256()
+    assert res.set_files[("ja", 1)] == out / "neurons-ja-type1.json"
+    smaller = lib.select_from_scores(sf, 1, 10)
+    assert [n.key for n in smaller.neurons] == [n.key for n in res.neuron_sets[("ja", 1)].neurons[:10]]
+    other = lib.select_from_scores(sf, 1, 10, layers="3")
+    assert {n.layer for n in other.neurons} == {3}
+    with pytest.raises(InputError, match="type 3"):
+        lib.select_from_scores(sf, 3, 10)
+
+
+@pytest.mark.parametrize("stop_in", ["ja:centroids", "ja:scores", "ko:scores"])
+def test_resume_equals_uninterrupted(models, tmp_path, stop_in):
+    _, lm = models("gemma3_text")
+    full = lib.identify(settings(langs=["ja", "ko"], output=tmp_path / "full"), lm=lm, corpus=CORPUS)
+
+    class Crash(Exception):
+        pass
+
+    def crash(name, done, total):
+        if name == stop_in and done == 2:
+            raise Crash
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        lib.identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
+    state = json.loads((out / lib.CHECKPOINT_DIR / "state.json").read_text())
+    assert state["current"] == stop_in and state["batches_done"] == 2
+    seen = []
+    resumed = lib.identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1, resume=True), lm=lm,
+                           corpus=CORPUS, on_batch=lambda n, d, t: seen.append((n, d)))
+    assert (stop_in, 1) not in seen and (stop_in, 3) in seen  # batches 1-2 were not recomputed
+    for lang in ("ja", "ko"):
+        for t in (1, 2):
+            assert np.array_equal(full.stats[lang].scores[t], resumed.stats[lang].scores[t])
+            assert (full.neuron_sets[(lang, t)].neurons == resumed.neuron_sets[(lang, t)].neurons)
+    assert not (out / lib.CHECKPOINT_DIR).exists()  # cleaned up after success
+
+
+def test_resume_with_other_settings_is_refused(models, tmp_path):
+    _, lm = models("llama")
+
+    def crash(name, done, total):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        lib.identify(settings(output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
+    with pytest.raises(InputError, match="batch_size"):
+        lib.identify(settings(output=out, batch_size=5, resume=True), lm=lm, corpus=CORPUS)
+    with pytest.warns(lib.IdentifyWarning, match="no checkpoint"):
+        lib.identify(settings(output=tmp_path / "fresh", resume=True), lm=lm, corpus=CORPUS)
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def test_parse_layers():
+    assert lib.parse_layers("0-11", 32) == list(range(12))
+    assert lib.parse_layers("0,3,5-7", 32) == [0, 3, 5, 6, 7]
+    assert lib.parse_layers("0.0:0.625", 32) == list(range(20))
+    assert lib.parse_layers("0.625:1", 32) == list(range(20, 32))
+    assert lib.parse_layers(None, 32) is None
+    assert lib.default_layers(1, 32) == list(range(20)) and lib.default_layers(2, 32) == list(range(20, 32))
+    assert lib.default_layers(1, 18) == list(range(11))
+    for bad, msg in [("0-40", "out of range"), ("a", "not a layer"), ("5-2", "backwards"), ("0.7:0.2", "fraction"),
+                     ("", "empty")]:
+        with pytest.raises(InputError, match=msg):
+            lib.parse_layers(bad, 32)
+    assert lib.parse_types("both") == [1, 2] and lib.parse_types(2) == [2]
+    with pytest.raises(InputError, match="--type"):
+        lib.parse_types("3")
+    assert lib.parse_languages(["ja,ko", "it", "ja"]) == ["ja", "ko", "it"]
+
+
+def test_select_top_ties_and_nan():
+    scores = np.array([[0.5, np.nan, 0.5], [0.9, 0.1, 0.5]])
+    got = lib.select_top(scores, [0, 1], 4)
+    assert [n.key for n in got] == [(1, 0), (0, 0), (0, 2), (1, 2)]
+    assert [n.key for n in lib.select_top(scores, [0], 3)] == [(0, 0), (0, 2), (0, 1)]
+
+
+# --- controls, LAPE, compare, η² ----------------------------------------------------------------
+
+
+def _like_set() -> NeuronSet:
+    neurons = [Neuron(layer, i, score=1.0) for layer in (0, 1, 2) for i in range(0, 60, 3)]
+    return NeuronSet(neurons=neurons, method=Method(kind="transfer", type=1, language="ja", layers=[0, 1, 2], k=60))
+
+
+def test_random_control_properties():
+    like = _like_set()
+    a = lib.random_control(like, 4, 64, seed=42)
+    b = lib.random_control(like, 4, 64, seed=42)
+    c = lib.random_control(like, 4, 64, seed=7)
+    assert len(a) == len(like) == 60 and a.neurons == b.neurons and a.neurons != c.neurons
+    assert {n.layer for n in a.neurons} <= {0, 1, 2}
+    assert not (a.keys() & like.keys()) and len(a.keys()) == 60
+    assert a.method.kind == "random" and a.method.seed == 42 and a.method.layers == [0, 1, 2]
+    matched = lib.random_control(like, 4, 64, seed=1, match_layers=True)
+    assert matched.per_layer_counts() == like.per_layer_counts()
+    with pytest.raises(TneditError, match="only"):
+        lib.random_control(like, 4, 64, seed=1, k=3 * 64)
+    with pytest.raises(TneditError, match="out of range"):
+        lib.random_control(like, 2, 64, seed=1)
+
+
+def test_lape_on_toy_probabilities():
+    # P[layer, neuron, language] for languages (en, ja)
+    p = np.array([
+        [[0.9, 0.1], [0.5, 0.5], [0.05, 0.02]],
+        [[0.2, 0.95], [0.6, 0.7], [0.8, 0.85]],
+    ])
+    # 75% quantile, torch.kthvalue style: k = round(12 * .75) = 9 → 9th smallest = 0.8
+    sel = lib.lape(p, ["en", "ja"], top_rate=2 / 6, filter_rate=0.75, bar_rate=0.75)
+    assert sel.filter_value == 0.8 and sel.bar_value == 0.8
+
+    def h(x):
+        q = np.array(x) / sum(x)
+        return float(-(q * np.log(q)).sum())
+
+    # only (0,0), (1,0), (1,2) have some P > 0.8; the 2 lowest entropies are (0,0) and (1,0)
+    assert np.isinf(sel.entropy[0, 1]) and np.isinf(sel.entropy[0, 2]) and np.isinf(sel.entropy[1, 1])
+    assert sel.entropy[0, 0] == pytest.approx(h([0.9, 0.1]))
+    assert [n.key for n in sel.neurons["en"]] == [(0, 0)]
+    assert [n.key for n in sel.neurons["ja"]] == [(1, 0)]
+    assert sel.neurons["ja"][0].score == pytest.approx(h([0.2, 0.95]))
+    wider = lib.lape(p, ["en", "ja"], layers=[4, 7], top_rate=0.5, filter_rate=0.75, bar_rate=0.75)
+    assert [n.key for n in wider.neurons["ja"]] == [(7, 0), (7, 2)]  # 0.85 > 0.8; en's 0.8 is not
+    assert [n.key for n in wider.neurons["en"]] == [(4, 0)]
+
+
+def test_activation_probabilities_count_real_tokens(models):
+    _, lm = models("llama")
+    probs, tokens = lib.activation_probabilities(lm, {"en": EN[:5], "ja": JA[:5]}, [1], batch_size=3)
+    acts = []
+    act_mod = lm.layer_module(1, lm.arch.act)
+    hook = act_mod.register_forward_hook(lambda m, a, o: acts.append(o[0]))
+    try:
+        for s in EN[:5]:
+            with torch.no_grad():
+                lm.model(**lm.tokenizer(s, return_tensors="pt"))
+    finally:
+        hook.remove()
+    x = torch.cat([a[1:] for a in acts])  # drop <bos>
+    assert tokens["en"] == x.shape[0]
+    np.testing.assert_allclose(probs[0, :, 0], (x > 0).double().mean(0).numpy())
+
+
+def test_compare_numbers():
+    a = NeuronSet([Neuron(0, 1), Neuron(0, 2), Neuron(1, 3)])
+    b = NeuronSet([Neuron(0, 2), Neuron(1, 3), Neuron(2, 4), Neuron(2, 5)])
+    cmp = lib.compare(a, b)
+    assert (cmp.size_a, cmp.size_b, cmp.intersection) == (3, 4, 2)
+    assert cmp.overlap == pytest.approx(2 / 3) and cmp.overlap_b == pytest.approx(0.5)
+    assert cmp.jaccard == pytest.approx(2 / 5)
+    assert cmp.per_layer == [{"layer": 0, "a": 2, "b": 1, "both": 1}, {"layer": 1, "a": 1, "b": 1, "both": 1},
+                             {"layer": 2, "a": 0, "b": 2, "both": 0}]
+
+
+def test_eta_squared_by_hand():
+    vals = np.array([1.0, 2, 3, 4, 5, 6])
+    labels = [0, 0, 0, 1, 1, 1]
+    # SS_total = 17.5, SS_between = 3(2 − 3.5)² + 3(5 − 3.5)² = 13.5
+    assert float(lib.eta_squared(vals, labels)) == pytest.approx(13.5 / 17.5)
+    sums = lib.eta_squared_from_sums(np.array([6.0]), np.array([14.0]), 3, np.array([15.0]), np.array([77.0]), 3)
+    assert sums[0] == pytest.approx(13.5 / 17.5)
+    # F = 13.5 / (4 / 4) = 13.5 on (1, 4) degrees of freedom
+    p_own = lib.f_test_pvalue(13.5 / 17.5, 6, use_scipy=False)
+    assert float(p_own) == pytest.approx(0.021312, abs=1e-5)
+
+
+def test_pvalue_own_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    special = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(0)
+    eta = np.concatenate([rng.uniform(0, 1, 200), [0.0, 1e-9, 0.5, 0.999999, 1.0]])
+    for n in (5, 24, 1000, 2000):
+        own = lib.f_test_pvalue(eta, n, use_scipy=False)
+        with np.errstate(divide="ignore"):
+            f = eta / ((1 - eta) / (n - 2))
+        ref = stats.f.sf(f, 1, n - 2)
+        np.testing.assert_allclose(own, ref, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(lib.f_test_pvalue(eta, n), ref, rtol=1e-12, atol=1e-15)
+    for a, b in [(0.5, 2.0), (3.0, 0.5), (50.0, 0.5)]:
+        x = np.linspace(0, 1, 41)
+        np.testing.assert_allclose(lib.betainc_regularized(a, b, x), special.betainc(a, b, x),
+                                   rtol=1e-9, atol=1e-13)
+
+
+def test_eta2_in_identify_equals_hand(models):
+    _, lm = models("gpt2")
+    res = lib.identify(settings(type=1, k=15), lm=lm, corpus=CORPUS)
+    acts = np.stack([independent_states(lm, s)["a"][1].numpy() for s in EN + JA])
+    labels = [0] * len(EN) + [1] * len(JA)
+    expected = lib.eta_squared(acts, labels)
+    np.testing.assert_allclose(res.stats["ja"].eta2[1], expected, atol=1e-6)
+    ns = res.neuron_sets[("ja", 1)]
+    per = np.array([res.stats["ja"].eta2[n.layer, n.index] for n in ns.neurons])
+    p = lib.f_test_pvalue(per, 24)
+    assert ns.method.extra["eta2_share"] == pytest.approx(float(np.mean((per > 0.1) & (p < 0.05))), abs=1e-6)
+
+
+# --- data errors (tnedit.corpus) ----------------------------------------------------------------
+
+
+def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.write_text("\n".join(["\t".join(header)] + ["\t".join(r) for r in rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bad_inputs_raise_input_errors(models, tmp_path):
+    pytest.importorskip("tnedit.corpus")
+    path, lm = models("llama")
+    good = _tsv(tmp_path / "good.tsv", ["en", "ja"], [list(r) for r in zip(EN, JA, strict=True)])
+
+    def run(**kw):
+        return lib.identify(settings(model=str(path), **kw), lm=lm)
+
+    with pytest.raises(InputError, match="ko"):
+        run(data=str(good), langs=["ko"])  # missing language column
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(InputError, match="empty.tsv"):
+        run(data=str(empty))
+    few = _tsv(tmp_path / "few.tsv", ["en", "ja"], [list(r) for r in zip(EN[:4], JA[:4], strict=True)])
+    with pytest.raises(InputError, match="few.tsv"):
+        run(data=str(few))
+    with pytest.raises(InputError, match="shared language"):
+        run(data=str(good), langs=["en"])
+    with pytest.raises(InputError, match="--k"):
+        run(data=str(good), k=0)
+    with pytest.raises(InputError, match="--batch-size"):
+        run(data=str(good), batch_size=0)
+    with pytest.raises(InputError, match="-o"):
+        run(data=str(good), checkpoint_every=2)
+    res = run(data=str(good), k=5)
+    assert res.neuron_sets[("ja", 1)].method.data["source"]
+
+
+def test_sentences_that_tokenize_to_nothing(models, tmp_path):
+    pytest.importorskip("tnedit.corpus")
+    path, lm = models("llama")
+    rows = [list(r) for r in zip(EN, JA, strict=True)]
+    rows[3][1] = "\u200b"  # the tiny tokenizer's normalizer deletes zero-width spaces
+    bad = _tsv(tmp_path / "blank.tsv", ["en", "ja"], rows)
+    with pytest.raises(InputError, match=r"blank.tsv.*zero tokens.*'ja'.*row\(s\) 4"):
+        lib.identify(settings(model=str(path), data=str(bad)), lm=lm)
+    rows = [list(r) for r in zip(EN, JA, strict=True)]
+    rows[6] = rows[6][:1]  # a row without its Japanese half
+    ragged = _tsv(tmp_path / "ragged.tsv", ["en", "ja"], rows)
+    with pytest.raises(InputError, match="ragged.tsv, line 8"):
+        lib.identify(settings(model=str(path), data=str(ragged)), lm=lm)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"en": e}) for e in EN) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="pairs.jsonl, line 1: missing key 'ja'"):
+        lib.identify(settings(model=str(path), data=str(jsonl)), lm=lm)
+
+
+def test_unknown_model_shape_for_control(tmp_path):
+    like = _like_set()
+    with pytest.raises(InputError, match="model"):
+        lib.model_shape("not/a-local-model", like)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from tnedit.cli import group
+
+    result = CliRunner().invoke(group, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_identify_select_compare_control_lape(models, tmp_path):
+    pytest.importorskip("tnedit.corpus")
+    path, _ = models("llama")
+    data = _tsv(tmp_path / "d.tsv", ["en", "ja", "ko"], [list(r) for r in zip(EN, JA, KO, strict=True)])
+    out = tmp_path / "out"
+    r = _cli(["identify", str(path), "--data", str(data), "--lang", "ja,ko", "--type", "both", "--k", "12",
+              "--batch-size", "5", "--dtype", "float32", "--device", "cpu", "-o", str(out), "--quiet", "--json"])
+    summary = json.loads(r.stdout)
+    assert {(s["language"], s["type"]) for s in summary["sets"]} == {("ja", 1), ("ja", 2), ("ko", 1), ("ko", 2)}
+    assert (out / "neurons-ko-type2.json").is_file() and (out / "scores-ko.safetensors").is_file()
+
+    r = _cli(["select", str(out / "scores-ja.safetensors"), "--type", "1", "--k", "12", "-o", str(tmp_path / "s.json"),
+              "--json"])
+    assert json.loads(r.stdout)["k"] == 12
+    assert load_neurons(tmp_path / "s.json").neurons == load_neurons(out / "neurons-ja-type1.json").neurons
+    from click.testing import CliRunner
+
+    from tnedit.cli import group
+
+    capped = CliRunner().invoke(group, ["select", str(out / "scores-ja.safetensors"), "--type", "2", "--k", "999",
+                                       "-o", str(tmp_path / "c.json")])
+    assert capped.exit_code == 0 and "warning" in capped.output and len(load_neurons(tmp_path / "c.json")) == 64
+
+    r = _cli(["identify", str(path), "--control", "random", "--like", str(out / "neurons-ja-type1.json"),
+              "--seed", "42", "-o", str(tmp_path / "ctrl.json"), "--json"])
+    ctrl = load_neurons(tmp_path / "ctrl.json")
+    ref = load_neurons(out / "neurons-ja-type1.json")
+    assert len(ctrl) == 12 and not (ctrl.keys() & ref.keys()) and ctrl.model.fingerprint == ref.model.fingerprint
+
+    r = _cli(["compare", str(out / "neurons-ja-type1.json"), str(tmp_path / "s.json"), "--json"])
+    assert json.loads(r.stdout)["jaccard"] == 1.0
+    r = _cli(["compare", str(out / "neurons-ja-type1.json"), str(tmp_path / "ctrl.json")])
+    assert "Jaccard = 0.0000" in r.stdout and "layer" in r.stdout
+
+    r = _cli(["identify", str(path), "--method", "lape", "--langs", "en,ja,ko", "--data", str(data), "--device", "cpu",
+              "-o", str(tmp_path / "lape"), "--quiet", "--json"])
+    assert {s["language"] for s in json.loads(r.stdout)["sets"]} == {"en", "ja", "ko"}
+    lape_set = load_neurons(tmp_path / "lape" / "neurons-ja-lape.json")
+    assert lape_set.method.kind == "lape" and lape_set.method.languages == ["en", "ja", "ko"]
+
+
+def test_cli_errors_are_one_line(models, tmp_path, capsys):
+    pytest.importorskip("tnedit.corpus")
+    from tnedit.cli import main
+
+    path, _ = models("llama")
+    data = _tsv(tmp_path / "d.tsv", ["en", "ja"], [list(r) for r in zip(EN, JA, strict=True)])
+    with pytest.raises(SystemExit) as exc:
+        main(["identify", str(path), "--data", str(data), "--lang", "ko", "--device", "cpu", "-o", str(tmp_path / "o"),
+              "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tnedit: error:") and "ko" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["select", str(tmp_path / "missing.safetensors")])
+    assert exc.value.code == 2 and "missing.safetensors" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from tnedit.cli import main; sys.argv=['tnedit','identify','--help'];\n"
+            "try:\n main()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--control" in done.stdout
+
+
+# --- the real model -----------------------------------------------------------------------------
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_gemma_type1_beats_random_control(tmp_path):
+    """Zeroing the top Type-1 neurons lowers mid-layer en–ja similarity more than random ones do."""
+    from tests.models import real_model_dir
+
+    model_dir = real_model_dir("gemma3-270m")
+    tsv = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba" / "en-ja.train.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"{tsv} not found")
+    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()[1:]]
+    train, held = rows[:100], rows[900:940]
+    lm = load_model(str(model_dir), dtype="float32", device="cpu")
+    corpus = FakeCorpus({"en": [r[0] for r in train], "ja": [r[1].strip() for r in train]})
+    res = lib.identify(settings(model=str(model_dir), type=1, k=100, batch_size=16), lm=lm, corpus=corpus)
+    top = res.neuron_sets[("ja", 1)]
+    ctrl = lib.random_control(top, lm.num_layers, lm.intermediate_size, seed=0)
+    en = last_states(lm, [r[0] for r in held], None)
+    ja = [r[1].strip() for r in held]
+    mid = list(range(lm.num_layers // 4, (3 * lm.num_layers) // 4))
+
+    def mid_cosine(neurons):  # the edit acts on the Japanese side only, at the last token
+        cos = torch.nn.functional.cosine_similarity(en, last_states(lm, ja, neurons), dim=-1).mean(0)
+        return float(cos[mid].mean())
+
+    base, edited, control = mid_cosine(None), mid_cosine(top), mid_cosine(ctrl)
+    assert base - edited > base - control
+    assert base - edited > 0
+
+
+def last_states(lm, texts, neurons: NeuronSet | None) -> torch.Tensor:
+    """[sentences, layers, hidden] last-token layer outputs, ``neurons`` zeroed at the last token."""
+    from tnedit.capture import LastTokenCapture, encode_batches
+    from tnedit.edit import RuntimeEdit, make_edit_spec
+
+    layers = list(range(lm.num_layers))
+    out = {}
+    with LastTokenCapture(lm, ["h"], layers) as cap:
+        for batch in encode_batches(lm.tokenizer, texts, 16, lm.device):
+            if neurons is not None:
+                with RuntimeEdit(lm.model, make_edit_spec(neurons), positions="last", arch=lm.arch) as ed:
+                    ed.set_attention_mask(batch.attention_mask)
+                    st = cap.run(batch)
+            else:
+                st = cap.run(batch)
+            for j, row in enumerate(batch.rows):
+                out[row] = torch.stack([st.h[layer][j].double() for layer in layers])
+    return torch.stack([out[i] for i in range(len(texts))])

@@ -1,0 +1,892 @@
+"""Original-versus-edited evaluation: conditions, the batched runner, and report writing.
+
+Conditions are ``original``, ``edited`` (a baked checkpoint directory, or a :class:`RuntimeEdit`
+hook on the original) and optionally ``control`` (random neurons from the same candidate layers,
+always a hook on the original). With a hook, one loaded model serves every condition: each batch
+runs once per condition, hidden states (via :class:`LastTokenCapture`) and logits come from the
+same forward pass, and the original's log-probabilities live only while that batch is processed,
+so KL(original ‖ edited) is exact. With a baked directory the two models are loaded one after the
+other; the original's top-``kl_top_k`` log-probabilities per token are cached (~12 bytes × k per token: tens of MB) and the
+edited model's KL is computed against them plus one "rest" bucket — a lower bound on the KL, exact
+when ``kl_top_k`` ≥ the vocabulary.
+
+Metrics live in :mod:`tnedit.metrics`; tables, plots and the schema in :mod:`tnedit.report`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tnedit import metrics as M
+from tnedit import report as R
+from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
+from tnedit.errors import CheckpointError, InputError
+from tnedit.neurons import Neuron, NeuronSet, load_neurons
+
+REPORT_FORMAT = R.REPORT_FORMAT
+validate_report = R.validate_report
+CARD_SECTION = "evaluation"
+
+# "Question"/"Answer" labels of the QA prompt, per language.
+QA_LABELS: dict[str, tuple[str, str]] = {
+    "en": ("Question", "Answer"),
+    "ja": ("質問", "答え"),
+    "ko": ("질문", "답변"),
+    "zh": ("问题", "答案"),
+    "fr": ("Question", "Réponse"),
+    "de": ("Frage", "Antwort"),
+    "es": ("Pregunta", "Respuesta"),
+    "it": ("Domanda", "Risposta"),
+    "nl": ("Vraag", "Antwoord"),
+    "ru": ("Вопрос", "Ответ"),
+}
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "added_tokens.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+)
+
+
+@dataclass
+class EvaluateSettings:
+    """Everything one evaluation needs. ``edited`` (a baked directory) or ``neurons`` (a hook) is required."""
+
+    original: str
+    languages: list[str]
+    edited: str | None = None
+    neurons: str | NeuronSet | None = None
+    op: str = "zero"
+    factor: float | None = None
+    positions: str = "all"  # hook edits only: all | last | prompt
+    top_k: int | None = None
+    control: str | None = None  # None or "random"
+    seed: int = 42
+    data: str | None = None  # None = the built-in corpus
+    skip: int = 0
+    n_pairs: int = 200
+    qa: str | None = None  # None = the built-in QA set
+    n_qa: int = 50
+    qa_shots: int = 2
+    qa_max_new_tokens: int = 10
+    n_gen: int = 3
+    n_langid: int = 16
+    max_new_tokens: int = 20
+    knn_k: int = 10
+    pca_layers: int = 4
+    kl_top_k: int = 1024
+    batch_size: int = 32
+    gen_batch_size: int = 64
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: str | None = None
+    force: bool = False
+    english: str = "en"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(self.neurons, NeuronSet):
+            out["neurons"] = f"<in-memory NeuronSet sha256:{self.neurons.sha256()}>"
+        out["languages"] = list(self.languages)
+        return out
+
+
+@dataclass
+class EvaluationReport:
+    """The machine-readable result (``data``, a ``tnedit.report/1`` dict) and its renderings."""
+
+    data: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def headline(self) -> R.Table:
+        return R.headline_table(self.data)
+
+    def console(self) -> str:
+        return R.render_console([self.headline()])
+
+    def markdown(self, plots: Sequence[str] = ()) -> str:
+        return R.render_report_markdown(self.data, plots)
+
+    def card_markdown(self, plot_prefix: str | None = None) -> str:
+        return card_markdown(self.data, plot_prefix)
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=1, ensure_ascii=False) + "\n"
+
+
+@dataclass
+class Condition:
+    name: str  # original | edited | control
+    source: str  # original | hook | baked
+    spec: Any = None  # EditSpec for hooks, None otherwise
+    positions: str | None = None  # hook positions; None for the original, "all" for a baked edit
+    n_neurons: int = 0
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def _check_settings(settings: EvaluateSettings) -> EvaluateSettings:
+    """Validate and normalise a copy of ``settings``."""
+    s = replace(settings, languages=list(settings.languages))
+    langs = [lang.strip() for lang in s.languages if lang and lang.strip()]
+    langs = list(dict.fromkeys(langs))
+    if not langs:
+        raise InputError("--lang: give at least one target language (e.g. --lang ja)")
+    if s.english in langs:
+        raise InputError(f"--lang: '{s.english}' is the shared language; give the L2 language(s) to compare with it")
+    s.languages = langs
+    if (s.edited is None) == (s.neurons is None):
+        raise InputError("give either EDITED_DIR (a baked checkpoint) or --neurons FILE (a runtime hook), exactly one")
+    if s.positions not in ("all", "last", "prompt"):
+        raise InputError(f"--positions must be all, last or prompt, got {s.positions!r}")
+    if s.edited is not None and s.positions != "all":
+        raise InputError("--positions applies to hook edits (--neurons); a baked checkpoint edits every position")
+    if s.control in ("none", ""):
+        s.control = None
+    if s.control not in (None, "random"):
+        raise InputError(f"--control must be 'random' or 'none', got {s.control!r}")
+    for name in ("n_pairs", "batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers"):
+        if getattr(s, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+    for name in ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens", "qa_max_new_tokens"):
+        if getattr(s, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(s, name)}")
+    if s.n_pairs < 2:
+        raise InputError("--n-pairs must be at least 2 (non-parallel pairs need a shuffle)")
+    return s
+
+
+def _sha256_text(items: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def load_pairs(s: EvaluateSettings) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Rows ``skip .. skip + n_pairs`` of the parallel corpus, per language (English first)."""
+    from tnedit.corpus import load_corpus
+
+    langs = [s.english, *s.languages]
+    corpus = load_corpus(s.data, langs, limit=s.skip + s.n_pairs, min_rows=min(10, s.skip + 2))
+    columns = {lang: list(corpus.column(lang))[s.skip : s.skip + s.n_pairs] for lang in langs}
+    n = len(columns[s.english])
+    if n < 2:
+        raise InputError(
+            f"{corpus.source}: only {n} row(s) left after --skip {s.skip}; need at least 2 parallel pairs"
+        )
+    info = {
+        "source": str(corpus.source),
+        "sha256": _sha256_text([t for lang in langs for t in columns[lang]]),
+        "corpus_sha256": getattr(corpus, "sha256", None),
+        "languages": langs,
+        "rows": [s.skip, s.skip + n],
+        "n_pairs": n,
+        "requested_pairs": s.n_pairs,
+    }
+    return columns, info
+
+
+def load_qa_sets(s: EvaluateSettings) -> tuple[dict[str, tuple[list[Any], list[Any]]], dict[str, Any] | None]:
+    """Per L2 language: (few-shot examples, evaluation items)."""
+    if s.n_qa == 0:
+        return {}, None
+    from tnedit.corpus import load_qa
+
+    out: dict[str, tuple[list[Any], list[Any]]] = {}
+    counts = {}
+    for lang in s.languages:
+        items = list(load_qa(s.qa, lang))
+        if len(items) <= s.qa_shots:
+            raise InputError(
+                f"{s.qa or 'built-in QA set'}: {len(items)} item(s) for '{lang}', need more than "
+                f"--qa-shots {s.qa_shots}"
+            )
+        out[lang] = (items[: s.qa_shots], items[s.qa_shots : s.qa_shots + s.n_qa])
+        counts[lang] = len(out[lang][1])
+    texts = [f"{it.id}\t{it.question}\t{'|'.join(it.answers)}" for sh, ev in out.values() for it in [*sh, *ev]]
+    return out, {"source": s.qa or "built-in", "sha256": _sha256_text(texts), "n": counts, "shots": s.qa_shots}
+
+
+def _spec_sha256(spec: Any) -> str:
+    rows = [[n.layer, n.index, spec.factor_of(n)] for n in spec.neurons]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _layers_text(layers: Sequence[int]) -> str:
+    layers = sorted(layers)
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}–{layers[-1]}"
+    return ",".join(str(x) for x in layers)
+
+
+def read_edited_provenance(edited: str, force: bool, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    path = Path(edited) / PROVENANCE_NAME
+    if not path.is_file():
+        msg = f"{edited}: no {PROVENANCE_NAME}; cannot check that it was derived from the original"
+        if not force:
+            raise CheckpointError(msg + " (pass --force to evaluate anyway)")
+        warn(msg)
+        return None
+    try:
+        prov = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(prov, dict) or prov.get("format") != "tnedit.provenance/1":
+        raise CheckpointError(f"{path}: key 'format' must be 'tnedit.provenance/1'")
+    return prov
+
+
+def _same_name(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists() and pa.resolve() == pb.resolve():
+        return True
+    return pa.name == pb.name and pa.name not in ("", ".")
+
+
+def check_derived(original: str, original_path: Path, prov: dict[str, Any], force: bool,
+                  warn: Callable[[str], None]) -> None:
+    """EDITED's provenance must name ORIGINAL (by name) and match its fingerprint."""
+    from tnedit.checkpoint import open_checkpoint
+
+    src = prov.get("source") or {}
+    problems = []
+    fp = open_checkpoint(original_path).fingerprint()
+    if src.get("fingerprint") and src["fingerprint"] != fp:
+        problems.append(f"its source fingerprint {src['fingerprint']} differs from ORIGINAL's {fp}")
+    name = str(src.get("name_or_path", ""))
+    if name and not _same_name(name, original) and not _same_name(name, str(original_path)):
+        problems.append(f"it was made from '{name}', not '{original}'")
+    if problems:
+        msg = f"EDITED_DIR is not derived from ORIGINAL per {PROVENANCE_NAME}: " + "; ".join(problems)
+        if not force:
+            raise InputError(msg + " (pass --force to evaluate anyway)")
+        warn(msg)
+
+
+def _file_hashes(path: Path) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((path / name).read_bytes()).hexdigest()
+        for name in TOKENIZER_FILES
+        if (path / name).is_file()
+    }
+
+
+def check_tokenizers(original_path: Path, edited_path: Path, probes: Sequence[str]) -> str:
+    """Refuse to compare models whose tokenizers or vocabularies differ; return how it was checked."""
+    a_cfg, b_cfg = read_config(original_path), read_config(edited_path)
+    vocab_a = a_cfg.get("vocab_size") or (a_cfg.get("text_config") or {}).get("vocab_size")
+    vocab_b = b_cfg.get("vocab_size") or (b_cfg.get("text_config") or {}).get("vocab_size")
+    if vocab_a != vocab_b:
+        raise InputError(f"ORIGINAL and EDITED have different vocabularies (vocab_size {vocab_a} vs {vocab_b})")
+    ha, hb = _file_hashes(original_path), _file_hashes(edited_path)
+    if ha and ha == hb:
+        return "tokenizer files identical (sha256)"
+    from transformers import AutoTokenizer
+
+    try:
+        ta, tb = AutoTokenizer.from_pretrained(original_path), AutoTokenizer.from_pretrained(edited_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load both tokenizers to compare them ({type(exc).__name__}: {exc})") from None
+    if len(ta) != len(tb):
+        raise InputError(f"ORIGINAL and EDITED tokenizers differ: {len(ta)} vs {len(tb)} tokens")
+    for text in probes:
+        if ta(text)["input_ids"] != tb(text)["input_ids"]:
+            raise InputError(f"ORIGINAL and EDITED tokenizers differ: they split {text[:40]!r} differently")
+    return f"tokenizer files differ but vocabulary size and {len(probes)} probe encodings agree"
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+
+class _Accumulator:
+    """Per-condition results while batches stream through: states, NLL, KL, top-1."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes = sizes
+        self.h: dict[str, np.ndarray] = {}
+        self.nll: dict[str, float] = defaultdict(float)
+        self.n_tokens: dict[str, int] = defaultdict(int)
+        self.kl: dict[str, float] = defaultdict(float)
+        self.top1: dict[str, int] = defaultdict(int)
+        self.n_positions: dict[str, int] = defaultdict(int)
+        self.kl_method: str | None = None
+        self.texts: dict[str, Any] = {}
+
+    def add_states(self, lang: str, rows: list[int], h: dict[int, Any]) -> None:
+        if lang not in self.h:
+            first = next(iter(h.values()))
+            self.h[lang] = np.zeros((len(h), self.sizes[lang], first.shape[-1]), dtype=np.float32)
+        for layer, tensor in h.items():
+            self.h[lang][layer, rows] = tensor.float().cpu().numpy()
+
+
+def _chunked_sum(fn: Callable[..., Any], *tensors: Any, rows: int = 64) -> float:
+    """Σ fn(rows) over row chunks, so (rows × vocab) temporaries stay small."""
+    n = tensors[0].shape[0]
+    return sum(float(fn(*(t[i : i + rows] for t in tensors)).double().sum()) for i in range(0, n, rows))
+
+
+@contextmanager
+def _edited(lm: Any, cond: Condition, attention_mask: Any) -> Iterator[None]:
+    if cond.spec is None:
+        yield
+        return
+    from tnedit.edit import RuntimeEdit
+
+    with RuntimeEdit(lm.model, cond.spec, cond.positions, arch=lm.arch) as hook:  # type: ignore[arg-type]
+        hook.set_attention_mask(attention_mask)
+        yield
+
+
+@contextmanager
+def _head_on_real_positions(lm: Any) -> Iterator[dict[str, Any]]:
+    """Make the LM head project only the real (non-padding) positions: logits come back as
+    (1, T_real, V) rows instead of (B, T, V). Set ``state["mask"]`` before each forward.
+
+    The head is most of a small multilingual model's compute (Gemma-3-270M: 168M of 268M
+    parameters), so skipping padding matters; post-head steps (soft-capping, scaling) are elementwise.
+    """
+    state: dict[str, Any] = {"mask": None}
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+
+    def hook(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x, mask = args[0], state["mask"]
+        if mask is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+            return None
+        return (x[mask].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(hook) if head is not None else None
+    try:
+        yield state
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _forward(
+    lm: Any,
+    texts: dict[str, list[str]],
+    conds: list[Condition],
+    accs: dict[str, _Accumulator],
+    s: EvaluateSettings,
+    cache: dict[tuple[str, int], Any] | None = None,
+    reference: dict[tuple[str, int], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Each batch once per condition: last-token states, NLL, and KL/top-1 against the original.
+
+    The original's log-probabilities of a batch live only until the batch's other conditions are
+    done (exact KL). With ``cache`` they are also kept as top-k rows for a later model; with
+    ``reference`` KL is computed against such a cache.
+    """
+    import torch
+
+    from tnedit.capture import LastTokenCapture, encode_batches
+
+    with LastTokenCapture(lm, ["h"]) as cap, _head_on_real_positions(lm) as head, torch.inference_mode():
+        for lang, sentences in texts.items():
+            batches = list(encode_batches(lm.tokenizer, sentences, s.batch_size, lm.device))
+            for bi, batch in enumerate(batches):
+                ref = None
+                key = (lang, bi)
+                mask = batch.attention_mask.bool()
+                head["mask"] = mask
+                for cond in conds:
+                    with _edited(lm, cond, batch.attention_mask):
+                        states = cap.run(batch, logits=True)
+                    acc = accs[cond.name]
+                    acc.add_states(lang, batch.rows, states.h)
+                    logits = states.logits
+                    states.logits = None
+                    rows = logits[mask] if tuple(logits.shape[:2]) == tuple(mask.shape) else logits[0]
+                    logp = M.real_logprobs(rows)
+                    del logits, rows
+                    nll, n = M.next_token_nll(logp, batch.input_ids, batch.attention_mask)
+                    acc.nll[lang] += nll
+                    acc.n_tokens[lang] += n
+                    acc.n_positions[lang] += int(logp.shape[0])
+                    if cond.name == "original":
+                        ref = logp
+                        if cache is not None:
+                            cache[key] = (batch.input_ids.cpu(), *M.topk_logprobs(logp, s.kl_top_k))
+                        continue
+                    if ref is not None:
+                        kl = _chunked_sum(M.kl_divergence, ref, logp)
+                        agree = _chunked_sum(M.top1_agreement, ref, logp)
+                        acc.kl_method = "exact"
+                    else:
+                        assert reference is not None
+                        ids, index, top = reference[key]
+                        if not torch.equal(ids, batch.input_ids.cpu()):
+                            raise RuntimeError("evaluate: batches of the two models differ; cannot compare")
+                        kl = _chunked_sum(M.kl_from_topk, index, top, logp)
+                        agree = _chunked_sum(M.top1_from_topk, index, logp)
+                        acc.kl_method = "exact" if index.shape[-1] >= logp.shape[-1] else f"top-{index.shape[-1]}+rest"
+                    acc.kl[lang] += kl
+                    acc.top1[lang] += int(agree)
+                del ref
+                if progress:
+                    progress(f"forward {lang}: batch {bi + 1}/{len(batches)} × {len(conds)} condition(s)")
+            head["mask"] = None
+
+
+def _left_padded(tokenizer: Any, prompts: Sequence[str], device: Any) -> tuple[Any, Any]:
+    import torch
+
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for r, e in enumerate(encoded):
+        ids[r, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+        mask[r, width - len(e) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+class _LineDone:
+    """Stopping criterion: a row is done once its answer (leading whitespace skipped) has a newline.
+
+    Cheaper than ``stop_strings``, which scans the whole vocabulary on every generate call.
+    """
+
+    def __init__(self, tokenizer: Any, start: int):
+        self.tokenizer = tokenizer
+        self.start = start
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([("\n" in t.lstrip()) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def generate(lm: Any, cond: Condition, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+             stop_at_newline: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` under ``cond`` (left-padded batches, edits per cond)."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    if not prompts or max_new_tokens == 0:
+        return ["" for _ in prompts]
+    tok = lm.tokenizer
+    eos = getattr(lm.model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos
+    )
+    kwargs: dict[str, Any] = {}
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device)
+        if stop_at_newline:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_LineDone(tok, ids.shape[1])])
+        with _edited(lm, cond, mask), torch.inference_mode():
+            gen = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
+        for r, i in enumerate(rows):
+            out[i] = tok.decode(gen[r, ids.shape[1] :], skip_special_tokens=True)
+    return out
+
+
+def qa_prompt(lang: str, shots: Sequence[Any], question: str) -> str:
+    q_label, a_label = QA_LABELS.get(lang, ("Q", "A"))
+    parts = [f"{q_label}: {shot.question}\n{a_label}: {shot.answers[0]}\n\n" for shot in shots]
+    return "".join(parts) + f"{q_label}: {question}\n{a_label}:"
+
+
+def _run_generation(lm: Any, cond: Condition, texts: dict[str, list[str]], qa_sets: dict[str, Any],
+                    s: EvaluateSettings) -> dict[str, Any]:
+    """Continuations (samples + output-language share) and QA, each one batched generate call:
+    on CPU a decoding step costs about one read of the LM head whatever the batch size."""
+    out: dict[str, Any] = {"generations": {}, "output_language": {}, "qa": {}}
+    n_prompts = max(s.n_gen, s.n_langid)
+    prompts = [(lang, p) for lang, sentences in texts.items() for p in sentences[:n_prompts]]
+    outputs = generate(lm, cond, [p for _, p in prompts], s.max_new_tokens, s.gen_batch_size)
+    for lang in texts:
+        mine = [(p, o) for (lg, p), o in zip(prompts, outputs, strict=True) if lg == lang]
+        out["generations"][lang] = [{"prompt": p, "output": o} for p, o in mine[: s.n_gen]]
+        out["output_language"][lang] = M.output_language_share([o for _, o in mine[: s.n_langid]], lang)
+    qa_rows = [(lang, it, qa_prompt(lang, shots, it.question)) for lang, (shots, items) in qa_sets.items()
+               for it in items]
+    raw = generate(lm, cond, [p for _, _, p in qa_rows], s.qa_max_new_tokens, s.gen_batch_size,
+                   stop_at_newline=True)
+    for lang in qa_sets:
+        scored = []
+        for (lg, it, _), text in zip(qa_rows, raw, strict=True):
+            if lg != lang:
+                continue
+            answer = text.strip().split("\n")[0].strip()
+            f1, em = M.qa_scores(answer, it.answers, lang)
+            scored.append({"id": it.id, "prediction": answer, "f1": f1, "em": em})
+        out["qa"][lang] = {
+            "f1": float(np.mean([x["f1"] for x in scored])) if scored else None,
+            "em": float(np.mean([x["em"] for x in scored])) if scored else None,
+            "n": len(scored),
+            "items": scored,
+        }
+    return out
+
+
+def _pca_layers(n_layers: int, count: int) -> list[int]:
+    return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, min(count, n_layers))})
+
+
+def _summarise(acc: _Accumulator, cond: Condition, s: EvaluateSettings, n_layers: int,
+               perm: np.ndarray, gen: dict[str, Any]) -> dict[str, Any]:
+    en = s.english
+    k = min(s.knn_k, acc.sizes[en] - 1)
+    rep = {}
+    for lang in s.languages:
+        x, y = acc.h[en], acc.h[lang]
+        rep[lang] = {
+            "cos_parallel": [M.mean_pair_cosine(x[i], y[i]) for i in range(n_layers)],
+            "cos_nonparallel": [M.nonparallel_cosine(x[i], y[i], perm) for i in range(n_layers)],
+            "mutual_knn": [M.mutual_knn(x[i], y[i], k) for i in range(n_layers)],
+            "centroid_cos": [M.centroid_cosine(x[i], y[i]) for i in range(n_layers)],
+        }
+    langs = [en, *s.languages]
+    layers = _pca_layers(n_layers, s.pca_layers)
+    pca = {"layers": layers, "languages": langs, "n_per_language": acc.sizes[en], "coords": [], "explained": []}
+    centroids = {"layers": layers, "languages": langs, "matrices": []}
+    for layer in layers:
+        stacked = np.concatenate([acc.h[lang][layer] for lang in langs])
+        coords, ratio = M.pca_2d(stacked)
+        pca["coords"].append(np.round(coords, 5).tolist())
+        pca["explained"].append([float(r) for r in ratio])
+        centroids["matrices"].append(M.centroid_cosine_matrix([acc.h[lang][layer] for lang in langs]).tolist())
+    lm_stats = {}
+    for lang in langs:
+        n_pos = acc.n_positions[lang]
+        compared = cond.name != "original" and n_pos > 0
+        lm_stats[lang] = {
+            "perplexity": M.perplexity(acc.nll[lang], acc.n_tokens[lang]),
+            "nll_sum": acc.nll[lang],
+            "n_tokens": acc.n_tokens[lang],
+            "kl": acc.kl[lang] / n_pos if compared else None,
+            "top1": acc.top1[lang] / n_pos if compared else None,
+            "n_positions": n_pos,
+        }
+    return {
+        "name": cond.name,
+        "source": cond.source,
+        "positions": cond.positions,
+        "n_neurons": cond.n_neurons,
+        "kl_method": acc.kl_method,
+        "representation": rep,
+        "centroids": centroids,
+        "pca": pca,
+        "lm": lm_stats,
+        "knn_k": k,
+        **gen,
+    }
+
+
+def _headline(data: dict[str, Any], s: EvaluateSettings) -> list[dict[str, Any]]:
+    mids = data["mid_layers"]
+    en = s.english
+    rows = []
+    orig = data["conditions"]["original"]
+    for name in R.conditions(data):
+        c = data["conditions"][name]
+        for lang in s.languages:
+            rep = c["representation"][lang]
+            mid = float(np.mean([rep["cos_parallel"][i] for i in mids]))
+            base = float(np.mean([orig["representation"][lang]["cos_parallel"][i] for i in mids]))
+            qa = c.get("qa", {}).get(lang) or {}
+            rows.append({
+                "condition": name,
+                "lang": lang,
+                "n_neurons": c["n_neurons"],
+                "mid_cos": mid,
+                "mid_cos_delta": mid - base,
+                "mid_floor": float(np.mean([rep["cos_nonparallel"][i] for i in mids])),
+                "mid_knn": float(np.mean([rep["mutual_knn"][i] for i in mids])),
+                "ppl_en": c["lm"][en]["perplexity"],
+                "ppl_l2": c["lm"][lang]["perplexity"],
+                "kl_en": c["lm"][en]["kl"],
+                "kl_l2": c["lm"][lang]["kl"],
+                "top1_en": c["lm"][en]["top1"],
+                "top1_l2": c["lm"][lang]["top1"],
+                "qa_f1": qa.get("f1"),
+                "qa_em": qa.get("em"),
+                "lang_share": c["output_language"][lang]["share"],
+            })
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import tnedit
+
+    return {
+        "tnedit": tnedit.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _edit_from_provenance(prov: dict[str, Any]) -> tuple[Any, list[int] | None]:
+    from tnedit.edit import make_edit_spec
+
+    edit = prov.get("edit") or {}
+    neurons = [Neuron(int(a), int(b), factor=float(f)) for a, b, f in edit.get("neurons", [])]
+    if not neurons:
+        raise CheckpointError(f"{PROVENANCE_NAME}: the edit lists no neurons")
+    op = edit.get("op", "zero")
+    spec = make_edit_spec(neurons, op, edit.get("factor") if op == "scale" else None)
+    method = (prov.get("neuron_set") or {}).get("method") or {}
+    return spec, (method.get("layers") or None)
+
+
+@dataclass
+class _Plan:
+    """What to run, decided before any model is loaded."""
+
+    edited: Condition
+    spec: Any  # the edited neurons (None only for a forced baked dir without tnedit.json)
+    method_layers: list[int] | None
+    edit_info: dict[str, Any] | None
+    tokenizer_check: str | None = None
+
+
+def _edit_info(source: str, spec: Any, positions: str, ns_sha256: str | None, method: Any) -> dict[str, Any]:
+    return {"source": source, "op": spec.op, "factor": spec.factor, "positions": positions,
+            "n_neurons": len(spec.neurons), "neuron_set_sha256": ns_sha256, "edit_sha256": _spec_sha256(spec),
+            "per_layer": spec.per_layer_counts(), "method": method}
+
+
+def _plan(s: EvaluateSettings, original_path: Path, texts: dict[str, list[str]],
+          warn: Callable[[str], None]) -> _Plan:
+    """Read the edit (hook neuron set or baked dir) and run the cheap consistency checks."""
+    from tnedit.checkpoint import open_checkpoint
+    from tnedit.edit import make_edit_spec
+
+    if s.edited is not None:
+        edited_path = Path(s.edited)
+        if not edited_path.is_dir():
+            raise CheckpointError(f"{s.edited}: no such directory (EDITED_DIR must be a baked checkpoint directory)")
+        prov = read_edited_provenance(s.edited, s.force, warn)
+        spec, layers, info = None, None, None
+        if prov is not None:
+            check_derived(s.original, original_path, prov, s.force, warn)
+            spec, layers = _edit_from_provenance(prov)
+            ns = prov.get("neuron_set") or {}
+            info = {**_edit_info("baked", spec, "all", ns.get("sha256"), ns.get("method")),
+                    "provenance_created": prov.get("created")}
+        probes = [t for lang in texts for t in texts[lang][:8]]
+        check = check_tokenizers(original_path, edited_path, probes)
+        cond = Condition("edited", "baked", None, "all", len(spec.neurons) if spec else 0)
+        return _Plan(cond, spec, layers, info, check)
+    ns = s.neurons if isinstance(s.neurons, NeuronSet) else load_neurons(str(s.neurons))
+    if ns.model is not None and ns.model.fingerprint:
+        fp = open_checkpoint(original_path).fingerprint()
+        if ns.model.fingerprint != fp:
+            msg = f"{s.neurons}: the neuron set was made for another model (fingerprint {ns.model.fingerprint}, " \
+                  f"ORIGINAL has {fp})"
+            if not s.force:
+                raise InputError(msg + " (pass --force to evaluate anyway)")
+            warn(msg)
+    spec = make_edit_spec(ns, s.op, s.factor if s.op == "scale" else None, top_k=s.top_k)
+    layers = list(ns.method.layers) if ns.method and ns.method.layers else None
+    info = _edit_info("hook", spec, s.positions, ns.sha256(), asdict(ns.method) if ns.method else None)
+    return _Plan(Condition("edited", "hook", spec, s.positions, len(spec.neurons)), spec, layers, info)
+
+
+def _control(s: EvaluateSettings, plan: _Plan, n_layers: int, width: int) -> tuple[Condition, dict[str, Any]]:
+    """Random neurons: as many as edited, from the set's candidate layers (else the layers it
+    touches), excluding the edited ones; seeded; applied as a hook like the edit."""
+    from tnedit.edit import make_edit_spec
+    from tnedit.identify import random_control
+
+    spec = plan.spec
+    if spec is None:
+        raise InputError("--control random needs the edited neurons, but EDITED_DIR has no tnedit.json")
+    layers = plan.method_layers or sorted({n.layer for n in spec.neurons})
+    picked = random_control(NeuronSet(list(spec.neurons)), n_layers, width, s.seed, layers=layers)
+    ctl = make_edit_spec(picked, spec.op, spec.factor if spec.op == "scale" else None)
+    positions = plan.edited.positions
+    info = {"kind": "random", "seed": s.seed, "layers": layers, "layers_text": _layers_text(layers),
+            "n_neurons": len(ctl.neurons), "positions": positions, "op": ctl.op, "factor": ctl.factor,
+            "neurons_sha256": _spec_sha256(ctl), "neurons": [[n.layer, n.index] for n in ctl.neurons]}
+    return Condition("control", "hook", ctl, positions, len(ctl.neurons)), info
+
+
+def _collect() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = None,
+             progress: Callable[[str], None] | None = None) -> EvaluationReport:
+    """Run every condition and return the report (nothing is written; see :func:`write_report`).
+
+    Hook edits: one model; each batch runs original, edited and control back to back. Baked
+    EDITED_DIR: the original (and the control, a hook on it) first, then the edited model, loaded
+    after the original is freed; KL uses the original's cached top-``kl_top_k`` log-probs.
+    """
+    from tnedit.capture import load_model
+
+    t_start = time.perf_counter()
+    warnings: list[str] = []
+    timings: dict[str, float] = defaultdict(float)
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn:
+            warn(msg)
+
+    @contextmanager
+    def timed(name: str, message: str | None = None) -> Iterator[None]:
+        if progress and message:
+            progress(message)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] += time.perf_counter() - t0
+
+    s = _check_settings(settings)
+    texts, data_info = load_pairs(s)
+    if data_info["n_pairs"] < s.n_pairs:
+        _warn(f"only {data_info['n_pairs']} pairs available after --skip {s.skip} (asked for {s.n_pairs})")
+    qa_sets, data_info["qa"] = load_qa_sets(s)
+    sizes = {lang: len(v) for lang, v in texts.items()}
+    original_path = resolve_source(s.original, revision=s.revision).path
+    plan = _plan(s, original_path, texts, _warn)
+
+    with timed("load_s", f"loading {s.original}"):
+        lm = load_model(s.original, revision=s.revision, dtype=s.dtype, device=s.device)
+    n_layers = len(lm.layers)
+    original = Condition("original", "original")
+    control, control_info = _control(s, plan, n_layers, lm.intermediate_size) if s.control else (None, None)
+    conds = [c for c in (original, plan.edited, control) if c is not None]
+    first_pass = [c for c in conds if c.source != "baked"]
+    accs = {c.name: _Accumulator(sizes) for c in conds}
+    cache: dict[tuple[str, int], Any] | None = {} if plan.edited.source == "baked" else None
+    gens: dict[str, Any] = {}
+
+    with timed("forward_s"):
+        _forward(lm, texts, first_pass, accs, s, cache=cache, progress=progress)
+    for cond in first_pass:
+        with timed("generate_s", f"generation and QA: {cond.name}"):
+            gens[cond.name] = _run_generation(lm, cond, texts, qa_sets, s)
+    original_info = {**asdict(lm.model_info()), "path": str(original_path), "dtype": str(lm.dtype),
+                     "tokenizer": lm.tokenizer_facts()}
+    device = str(lm.device)
+    edited_info = None
+    if plan.edited.source == "baked":
+        del lm  # free the original before the edited model is loaded
+        _collect()
+        with timed("load_s", f"loading {s.edited}"):
+            lm = load_model(str(s.edited), dtype=s.dtype, device=s.device)
+        if len(lm.layers) != n_layers:
+            raise InputError(f"EDITED has {len(lm.layers)} layers, ORIGINAL {n_layers}")
+        with timed("forward_s"):
+            _forward(lm, texts, [plan.edited], accs, s, reference=cache, progress=progress)
+        with timed("generate_s", "generation and QA: edited"):
+            gens["edited"] = _run_generation(lm, plan.edited, texts, qa_sets, s)
+        edited_info = {"name_or_path": str(s.edited), "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype),
+                       "tokenizer_check": plan.tokenizer_check}
+        cache = None
+    del lm
+    _collect()
+
+    perm = M.derangement(sizes[s.english], s.seed)
+    data: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        "settings": s.to_dict(),
+        "models": {"original": original_info, "edited": edited_info},
+        "edit": plan.edit_info,
+        "control": control_info,
+        "data": data_info,
+        "layers": list(range(n_layers)),
+        "mid_layers": M.mid_layers(n_layers),
+        "seeds": {"control": s.seed, "nonparallel_derangement": s.seed},
+        "conditions": {c.name: _summarise(accs[c.name], c, s, n_layers, perm, gens[c.name]) for c in conds},
+        "warnings": warnings,
+    }
+    data["headline"] = _headline(data, s)
+    timings["total_s"] = time.perf_counter() - t_start
+    data["runtime"] = {**{k: round(v, 2) for k, v in timings.items()}, "device": device}
+    return EvaluationReport(data, warnings)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def write_report(report: EvaluationReport | dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write report.json, report.md and the PNG plots into ``out_dir``, atomically."""
+    data = report.data if isinstance(report, EvaluationReport) else report
+    errors = validate_report(data)
+    if errors:
+        raise ValueError("report does not validate: " + "; ".join(errors[:5]))
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "report.json", data)
+        plots = R.write_plots(data, tmp)
+        (tmp / "report.md").write_text(R.render_report_markdown(data, plots), encoding="utf-8")
+    return out
+
+
+def card_markdown(data: dict[str, Any], plot_prefix: str | None = None) -> str:
+    s = data["settings"]
+    lines = [
+        "## Evaluation",
+        "",
+        f"Original versus edited on {data['data']['n_pairs']} held-out parallel pairs "
+        f"({s.get('english', 'en')}–{', '.join(s['languages'])}), evaluated with `tnedit evaluate` "
+        f"({data['created']}).",
+        "",
+        R.render_markdown([R.headline_table(data)]).replace("### Headline\n", "").strip(),
+        "",
+    ]
+    if plot_prefix is not None:
+        lines += [f"![en–L2 similarity per layer]({plot_prefix}similarity.png)", ""]
+    return "\n".join(lines)
+
+
+def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
+                report_dir: str | Path | None = None) -> Path:
+    """Put the headline table into ``card_dir/README.md`` between the evaluation markers."""
+    from tnedit.card import update_card_section
+    from tnedit.checkpoint import CARD_NAME
+
+    data = report.data if isinstance(report, EvaluationReport) else report
+    card_dir = Path(card_dir)
+    if not card_dir.is_dir():
+        raise InputError(f"--update-card: {card_dir} is not a directory")
+    prefix = None
+    if report_dir is not None:
+        try:
+            prefix = Path(report_dir).resolve().relative_to(card_dir.resolve()).as_posix() + "/"
+        except ValueError:
+            prefix = None
+    path = card_dir / CARD_NAME
+    update_card_section(path, CARD_SECTION, card_markdown(data, prefix))
+    return path

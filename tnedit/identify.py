@@ -1,0 +1,1679 @@
+"""Finding transfer neurons (Tezuka & Inoue, EMNLP 2025), plus random controls, LAPE and overlap.
+
+The pipeline for one target language L2 (English is the shared language), all at the last token:
+
+1. **Centroid pass** over the English and L2 sentences of the parallel pairs: per layer, fp64 sums
+   of the raw decoder-layer outputs ``h`` (hooks, not ``hidden_states``), and per-neuron sums and
+   sums of squares of the activations ``a`` (for the η² language-specificity statistic).
+   ``C_shared = mean_j (h(e_j) + h(x_j)) / 2`` (Type-1) and ``C_L2 = mean_j h(x_j)`` (Type-2).
+2. **Score pass** over the L2 sentences: per layer the pre-MLP residual ``R``, the activations ``a``
+   and, for Gemma 2/3, the output-norm scale ``s``; per neuron
+   ``score_i = mean_s [cos(R + c_i, C) - cos(R, C)]`` with ``c_i = a_i (s ⊙ v_i)`` computed through
+   the identity ``cos(R + a v, C) = (p + a q) / (|C| sqrt(|R|² + 2 a r + a² n))`` — one
+   (batch × d) @ (d × m) product per layer instead of a d × m matrix per sentence.
+3. **Selection**: rank (layer, neuron) pairs of the candidate layers globally, keep the top k.
+
+Scores are computed for every layer (it costs one extra last-token product per layer), so
+``select`` can re-rank any layers later without a forward pass. All statistics are running fp64
+sums: memory is O(layers × intermediate) whatever the number of sentences.
+
+The library knows no command line; :mod:`tnedit.commands.identify` is the thin CLI shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tnedit import __version__
+from tnedit.capture import LastTokenCapture, LastTokenStates, LoadedModel, encode_batches, load_model
+from tnedit.errors import CorpusError, InputError, NeuronSetError
+from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet
+
+TYPE1_FRACTION = 0.625
+SHARED_LANGUAGE = "en"
+SCORES_FORMAT = "tnedit.scores/1"
+CHECKPOINT_DIR = ".identify-checkpoint"
+ETA2_THRESHOLD = 0.1
+P_THRESHOLD = 0.05
+
+BatchCallback = Callable[[str, int, int], None]  # (pass name, batches done, batches total)
+
+
+class IdentifyWarning(UserWarning):
+    """A recoverable oddity (k capped, resume without a checkpoint ...)."""
+
+
+# --- settings and results ------------------------------------------------------------------------
+
+
+@dataclass
+class IdentifySettings:
+    """Everything one ``identify`` run needs. Mirrors the CLI options one to one.
+
+    ``type``: 1, 2 or "both". ``layers``: None for the defaults (Type-1 = the first
+    round(0.625·L) layers, Type-2 = the rest), else a spec such as ``"0-11"``, ``"0,3,5-7"``,
+    ``"0.0:0.625"`` (fractions of the depth) or a list of ints; it applies to every requested type.
+    ``data``: None (built-in corpus), a TSV/JSONL path or ``hf:NAME[:CONFIG]``.
+    ``output``: directory for the neuron sets, the score files and the resume checkpoint; None
+    writes nothing.
+    """
+
+    model: str
+    langs: Sequence[str] = ()
+    data: str | None = None
+    type: int | str = 1
+    k: int = 1000
+    layers: str | Sequence[int] | None = None
+    batch_size: int = 16
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    max_length: int | None = None
+    limit: int | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    quiet: bool = False
+    seed: int = 0  # identify itself is deterministic; the seed is for controls built from the result
+    output: str | os.PathLike[str] | None = None
+    revision: str | None = None
+    eta2: bool = True
+    warn: Callable[[str], None] | None = None  # where warnings go; None → warnings.warn
+
+
+@dataclass
+class LanguageStats:
+    """Everything identify measured for one target language (arrays are ``[layers, …]``)."""
+
+    language: str
+    n_pairs: int
+    scores: dict[int, np.ndarray]  # type -> float64 [layers, intermediate]
+    centroids: dict[int, np.ndarray]  # type -> float64 [layers, hidden]
+    eta2: np.ndarray | None  # float64 [layers, intermediate], activation vs is-L2 label
+    n_en: int
+    n_l2: int
+
+
+@dataclass
+class IdentifyResult:
+    model: ModelInfo
+    languages: list[str]
+    types: list[int]
+    candidate_layers: dict[int, list[int]]
+    stats: dict[str, LanguageStats]
+    neuron_sets: dict[tuple[str, int], NeuronSet]
+    files: list[Path] = field(default_factory=list)
+    set_files: dict[tuple[str, int], Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    batches: int = 0
+
+    def scores(self, language: str, neuron_type: int) -> np.ndarray:
+        """Mean scores ``[layers, intermediate]`` (float64) of one language and type."""
+        return self.stats[language].scores[neuron_type]
+
+    def neurons(self, language: str, neuron_type: int) -> NeuronSet:
+        """The selected (ranked) neuron set of one language and type."""
+        return self.neuron_sets[(language, neuron_type)]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (what ``tnedit identify --json`` prints)."""
+        sets = []
+        for (lang, t), ns in self.neuron_sets.items():
+            extra = ns.method.extra if ns.method else {}
+            sets.append(
+                {
+                    "language": lang,
+                    "type": t,
+                    "k": len(ns),
+                    "layers": self.candidate_layers[t],
+                    "per_layer": {str(k): v for k, v in ns.per_layer_counts().items()},
+                    "eta2_share": extra.get("eta2_share"),
+                    "file": str(self.set_files[(lang, t)]) if (lang, t) in self.set_files else None,
+                }
+            )
+        return {
+            "model": self.model.name_or_path,
+            "model_type": self.model.model_type,
+            "languages": self.languages,
+            "types": self.types,
+            "sets": sets,
+            "files": [str(f) for f in self.files],
+            "seconds": round(self.seconds, 3),
+            "batches": self.batches,
+        }
+
+
+def _warn(settings: IdentifySettings | None, message: str) -> None:
+    if settings is not None and settings.warn is not None:
+        settings.warn(message)
+    else:
+        warnings.warn(message, IdentifyWarning, stacklevel=3)
+
+
+# --- layers and types ----------------------------------------------------------------------------
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def parse_types(value: int | str | Sequence[int]) -> list[int]:
+    """``1``, ``2``, ``"both"`` (or ``"1,2"``) → the sorted list of neuron types."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        v = value.strip().lower()
+        items = [1, 2] if v == "both" else [p.strip() for p in v.split(",") if p.strip()]
+    else:
+        items = list(value)
+    out = set()
+    for item in items:
+        if str(item) not in ("1", "2"):
+            raise InputError(f"--type: expected 1, 2 or both, got {value!r}")
+        out.add(int(item))
+    if not out:
+        raise InputError(f"--type: expected 1, 2 or both, got {value!r}")
+    return sorted(out)
+
+
+def default_layers(neuron_type: int, num_layers: int) -> list[int]:
+    """Type-1: the first round(0.625·L) layers (0–19 of 32); Type-2: the rest (20–31 of 32)."""
+    split = _round_half_up(TYPE1_FRACTION * num_layers)
+    return list(range(split)) if neuron_type == 1 else list(range(split, num_layers))
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_layers: int, where: str = "--layers") -> list[int] | None:
+    """``"0-11"``, ``"0,3,5-7"`` or ``"0.0:0.625"`` (fractions of the depth) → sorted layers.
+
+    A fraction range ``a:b`` means layers round(a·L) .. round(b·L) − 1 (half rounds up), so
+    ``0:0.625`` is the Type-1 default and ``0.625:1`` the Type-2 one. None stays None.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        layers = sorted(set(int(x) for x in spec))
+    else:
+        text = spec.strip()
+        if not text:
+            raise InputError(f"{where}: empty layer specification")
+        if ":" in text:
+            parts = text.split(":")
+            try:
+                lo_f, hi_f = (float(p) for p in parts)
+            except ValueError:
+                raise InputError(f"{where}: '{spec}' is not a fraction range like 0.0:0.625") from None
+            if len(parts) != 2 or not 0.0 <= lo_f < hi_f <= 1.0:
+                raise InputError(f"{where}: fraction range '{spec}' must satisfy 0 <= start < end <= 1")
+            layers = list(range(_round_half_up(lo_f * num_layers), _round_half_up(hi_f * num_layers)))
+            if not layers:
+                raise InputError(f"{where}: '{spec}' selects no layer of a {num_layers}-layer model")
+        else:
+            found: set[int] = set()
+            for item in (p.strip() for p in text.split(",")):
+                m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+                if not m:
+                    raise InputError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
+                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                if hi < lo:
+                    raise InputError(f"{where}: range '{item}' runs backwards")
+                found.update(range(lo, hi + 1))
+            layers = sorted(found)
+    bad = [x for x in layers if not 0 <= x < num_layers]
+    if bad:
+        raise InputError(f"{where}: layer {bad[0]} is out of range (the model has layers 0..{num_layers - 1})")
+    if not layers:
+        raise InputError(f"{where}: no layers selected")
+    return layers
+
+
+def candidate_layers(types: Sequence[int], num_layers: int, spec: str | Sequence[int] | None) -> dict[int, list[int]]:
+    explicit = parse_layers(spec, num_layers)
+    out = {t: (explicit if explicit is not None else default_layers(t, num_layers)) for t in types}
+    for t, layers in out.items():
+        if not layers:
+            raise InputError(f"type {t}: no candidate layers in a {num_layers}-layer model; pass --layers")
+    return out
+
+
+def parse_languages(values: str | Iterable[str] | None) -> list[str]:
+    """``["ja", "ko"]``, ``"ja,ko"`` or a mix (``--lang ja --lang ko,it``) → unique codes in order."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        for code in str(item).split(","):
+            code = code.strip()
+            if code and code not in out:
+                out.append(code)
+    return out
+
+
+# --- selection -----------------------------------------------------------------------------------
+
+
+def select_top(scores: np.ndarray | torch.Tensor, layers: Sequence[int], k: int) -> list[Neuron]:
+    """The k best (layer, neuron) pairs of ``layers``, ranked globally by score (descending).
+
+    Ties break by (layer, index) ascending; NaN scores rank last. ``k`` larger than the number of
+    candidates returns all of them (callers warn).
+    """
+    arr = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    layers = list(layers)
+    sub = arr[layers].astype(np.float64)
+    flat = np.where(np.isnan(sub), -np.inf, sub).ravel()
+    k = min(int(k), flat.size)
+    if k <= 0:
+        return []
+    order = np.argsort(-flat, kind="stable")[:k]
+    m = sub.shape[1]
+    return [Neuron(layers[i // m], int(i % m), score=float(flat[i])) for i in order]
+
+
+def _cap_k(k: int, n_candidates: int, settings: IdentifySettings | None, what: str) -> int:
+    if k < 1:
+        raise InputError(f"--k must be at least 1, got {k}")
+    if k > n_candidates:
+        _warn(settings, f"--k {k} exceeds the {n_candidates} candidate neurons of {what}; keeping all {n_candidates}")
+        return n_candidates
+    return k
+
+
+# --- η² and its F-test ---------------------------------------------------------------------------
+
+
+def eta_squared(values: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Correlation ratio η² = SS_between / SS_total of ``values`` grouped by ``labels``.
+
+    ``values`` is (N,) or (N, k) (one column per neuron); returns a float or a (k,) array.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    lab = np.asarray(labels)
+    mean = x.mean(axis=0)
+    ss_total = ((x - mean) ** 2).sum(axis=0)
+    ss_between = np.zeros_like(mean)
+    for g in np.unique(lab):
+        xg = x[lab == g]
+        ss_between = ss_between + len(xg) * (xg.mean(axis=0) - mean) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eta = np.where(ss_total > 0, ss_between / np.where(ss_total > 0, ss_total, 1.0), 0.0)
+    return eta
+
+
+def eta_squared_from_sums(
+    sum_a: np.ndarray, sumsq_a: np.ndarray, n_a: int, sum_b: np.ndarray, sumsq_b: np.ndarray, n_b: int
+) -> np.ndarray:
+    """η² for two groups from running fp64 sums and sums of squares (no per-sentence dumps)."""
+    n = n_a + n_b
+    total = sum_a + sum_b
+    mean = total / n
+    ss_total = sumsq_a + sumsq_b - total * total / n
+    ss_between = n_a * (sum_a / n_a - mean) ** 2 + n_b * (sum_b / n_b - mean) ** 2
+    ok = ss_total > 1e-12 * np.maximum(sumsq_a + sumsq_b, 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eta = np.where(ok, ss_between / np.where(ok, ss_total, 1.0), 0.0)
+    return np.clip(eta, 0.0, 1.0)
+
+
+def _betacf(a: float, b: float, x: np.ndarray, iterations: int = 300) -> np.ndarray:
+    """Continued fraction of the incomplete beta function (modified Lentz), vectorised."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = np.ones_like(x)
+    d = 1.0 - qab * x / qap
+    d = np.where(np.abs(d) < tiny, tiny, d)
+    d = 1.0 / d
+    h = d.copy()
+    for m in range(1, iterations + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = np.where(np.abs(d) < tiny, tiny, d)
+        c = 1.0 + aa / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        d = 1.0 / d
+        h = h * d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = np.where(np.abs(d) < tiny, tiny, d)
+        c = 1.0 + aa / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        d = 1.0 / d
+        delta = d * c
+        h = h * delta
+        if np.all(np.abs(delta - 1.0) < 1e-15):
+            break
+    return h
+
+
+def betainc_regularized(a: float, b: float, x: np.ndarray | float) -> np.ndarray:
+    """The regularized incomplete beta function I_x(a, b) (Numerical Recipes 6.4), vectorised in x."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    out = np.empty_like(x)
+    edge0, edge1 = x <= 0.0, x >= 1.0
+    inner = ~(edge0 | edge1)
+    out[edge0], out[edge1] = 0.0, 1.0
+    xi = x[inner]
+    if xi.size:
+        ln_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * np.log(xi) + b * np.log1p(-xi)
+        bt = np.exp(ln_bt)
+        direct = xi < (a + 1.0) / (a + b + 2.0)
+        res = np.empty_like(xi)
+        if direct.any():
+            res[direct] = bt[direct] * _betacf(a, b, xi[direct]) / a
+        if (~direct).any():
+            res[~direct] = 1.0 - bt[~direct] * _betacf(b, a, 1.0 - xi[~direct]) / b
+        out[inner] = res
+    return out
+
+
+def f_test_pvalue(
+    eta2: np.ndarray | float, n_total: int, groups: int = 2, *, use_scipy: bool | None = None
+) -> np.ndarray:
+    """One-way ANOVA p-value for a correlation ratio η² over ``n_total`` samples in ``groups`` groups.
+
+    ``F = (η² / (g − 1)) / ((1 − η²) / (N − g))``; p = P(F(g−1, N−g) > F). Uses scipy.stats when
+    importable (``use_scipy=None``), else the regularized incomplete beta function above.
+    """
+    eta = np.clip(np.asarray(eta2, dtype=np.float64), 0.0, 1.0)
+    d1, d2 = float(groups - 1), float(n_total - groups)
+    if d2 <= 0:
+        return np.full_like(eta, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (eta / d1) / ((1.0 - eta) / d2)
+    if use_scipy is not False:
+        try:
+            from scipy import stats
+
+            return np.asarray(stats.f.sf(f, d1, d2), dtype=np.float64)
+        except ImportError:
+            if use_scipy:
+                raise
+    # P(F > f) = I_{d2 / (d2 + d1 f)}(d2 / 2, d1 / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(np.isinf(f), 0.0, d2 / (d2 + d1 * f))
+    return betainc_regularized(d2 / 2.0, d1 / 2.0, x)
+
+
+def eta2_summary(
+    neurons: Sequence[Neuron],
+    eta2: np.ndarray,
+    n_total: int,
+    eta_min: float = ETA2_THRESHOLD,
+    p_max: float = P_THRESHOLD,
+) -> dict[str, Any]:
+    """Per-neuron η² and p of a selected set, and the share with η² > eta_min and p < p_max."""
+    if not neurons:
+        return {"eta2_share": None, "eta2": [], "eta2_p": []}
+    vals = np.array([eta2[n.layer, n.index] for n in neurons], dtype=np.float64)
+    p = f_test_pvalue(vals, n_total)
+    share = float(np.mean((vals > eta_min) & (p < p_max)))
+    return {
+        "eta2_share": round(share, 6),
+        "eta2_threshold": eta_min,
+        "p_threshold": p_max,
+        "eta2_n": n_total,
+        "eta2": [round(float(v), 6) for v in vals],
+        "eta2_p": [float(f"{v:.4g}") for v in p],
+    }
+
+
+# --- the efficient score -------------------------------------------------------------------------
+
+
+def _stat_device(device: torch.device) -> torch.device:
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+_MM_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+def _matmul(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``x @ v`` accurate to fp32 accumulation for any weight dtype; returns float64 on a device
+    that supports it (the CPU for MPS weights).
+
+    ``v`` stays in its own dtype (no per-batch copy of the weight on CUDA). For half-precision
+    weights on CUDA, ``x`` is split into a half-precision head and tail whose products are
+    accumulated in fp32 (``torch.mm(..., out_dtype=float32)``), so the result is as accurate as an
+    fp32 product of the fp32 ``x`` with the stored weight.
+    """
+    if v.dtype == torch.float64:
+        return x.to(torch.float64).to(v.device) @ v
+    x32 = x.to(torch.float32).to(v.device)
+    out: torch.Tensor | None = None
+    if v.dtype == torch.float32:
+        out = x32 @ v
+    elif v.device.type == "cuda" and _MM_OUT_DTYPE_OK.get("cuda", True):
+        hi = x32.to(v.dtype)
+        lo = (x32 - hi.float()).to(v.dtype)
+        try:
+            both = torch.mm(torch.cat([hi, lo]), v, out_dtype=torch.float32)
+            out = both[: x32.shape[0]] + both[x32.shape[0] :]
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK["cuda"] = False
+    if out is None:
+        out = x32 @ v.float()
+    if out.device.type == "mps":
+        out = out.cpu()
+    return out.double()
+
+
+def _room_for(device: torch.device, nbytes: int) -> bool:
+    """Whether a cache of ``nbytes`` leaves enough accelerator memory for the forward passes."""
+    if device.type != "cuda":
+        return True
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):
+        return False
+    return free - nbytes > max(0.15 * total, 4 << 30)
+
+
+class LayerScorer:
+    """Running sums of ``cos(R + c_i, C) − cos(R, C)`` for every neuron of one layer.
+
+    ``centroids`` maps a neuron type to its centroid (d,). For a plain or gated MLP, ``q = vᵀC``
+    and ``n = |v|²`` are constants computed once; for an output norm (Gemma 2/3) they depend on the
+    sentence's scale ``s`` and cost one product each per batch (``n`` against the element-wise
+    squares of the weight, cached in fp32 when memory allows, else formed per column block).
+    """
+
+    def __init__(self, lm: LoadedModel, layer: int, centroids: Mapping[int, torch.Tensor]):
+        weight = lm.out_proj(layer).weight.detach()
+        self.v = weight if lm.arch.layout == "linear" else weight.t()  # (d, m): column i is v_i
+        self.device = _stat_device(weight.device)
+        self.c = {t: c.to(self.device, torch.float64) for t, c in centroids.items()}
+        self.c_norm = {t: c.norm() for t, c in self.c.items()}
+        self.out_norm = lm.arch.out_norm is not None
+        m = self.v.shape[1]
+        self.sums = {t: torch.zeros(m, dtype=torch.float64, device=self.device) for t in self.c}
+        self.count = 0
+        self.v2: torch.Tensor | None = None
+        if not self.out_norm:
+            self.n = torch.zeros(m, dtype=torch.float64, device=self.device)
+            self.q = {t: torch.zeros(m, dtype=torch.float64, device=self.device) for t in self.c}
+            step = max(1, (1 << 24) // max(1, self.v.shape[0]))  # bounded fp64 temporaries
+            for start in range(0, m, step):
+                block = self.v[:, start : start + step].to(self.device, torch.float64)
+                self.n[start : start + step] = (block * block).sum(0)
+                for t, c in self.c.items():
+                    self.q[t][start : start + step] = c @ block
+        elif self.v.dtype in (torch.float32, torch.float64):
+            self.v2 = self.v * self.v
+        elif _room_for(self.v.device, self.v.numel() * 4):
+            # The square of a half-precision weight is exact in fp32; a half-precision square is not.
+            self.v2 = self.v.float().square()
+
+    def terms(
+        self, r_res: torch.Tensor, scale: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Mapping[int, torch.Tensor], torch.Tensor]:
+        """(r, {type: q}, n) for one batch, each (B, m) or (m,) float64 on the stat device."""
+        if not self.out_norm:
+            return _matmul(r_res, self.v).to(self.device), self.q, self.n
+        if scale is None:
+            raise RuntimeError("an output-norm architecture needs the per-sentence out_scale")
+        s = scale.to(self.device, torch.float64)
+        rows = [s * r_res] + [s * c for c in self.c.values()]
+        prod = _matmul(torch.cat(rows), self.v).to(self.device)
+        b = r_res.shape[0]
+        r = prod[:b]
+        q = {t: prod[(j + 1) * b : (j + 2) * b] for j, t in enumerate(self.c)}
+        if self.v2 is not None:
+            n = _matmul(s * s, self.v2).to(self.device)
+        else:  # not enough memory to cache the squares: form them per column block
+            n = torch.empty_like(r)
+            s2 = (s * s).to(torch.float32).to(self.v.device)
+            step = max(1, (1 << 26) // max(1, self.v.shape[0]))
+            for start in range(0, self.v.shape[1], step):
+                block = self.v[:, start : start + step].float().square()
+                n[:, start : start + step] = (s2 @ block).to(self.device, torch.float64)
+        return r, q, n
+
+    def update(self, r_res: torch.Tensor, acts: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Add one batch: ``r_res`` (B, d) pre-MLP residuals, ``acts`` (B, m), ``scale`` (B, d) or None."""
+        rr = r_res.to(self.device, torch.float64)
+        a = acts.to(self.device, torch.float64)
+        r, q, n = self.terms(rr, scale)
+        r2 = (rr * rr).sum(1, keepdim=True)  # |R|²
+        new_sq = (r2 + 2.0 * a * r + a * a * n).clamp_min(1e-300)
+        for t, c in self.c.items():
+            p = (rr @ c).unsqueeze(1)  # R·C
+            denom = self.c_norm[t]
+            cos_new = (p + a * q[t]) / (denom * new_sq.sqrt())
+            cos_old = p / (denom * r2.clamp_min(1e-300).sqrt())
+            self.sums[t] += (cos_new - cos_old).sum(0)
+        self.count += rr.shape[0]
+
+
+def brute_force_scores(
+    r_res: torch.Tensor, acts: torch.Tensor, v: torch.Tensor, centroid: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference: materialise R + c_i for every neuron i of every sentence (fp64). Returns (m,) means.
+
+    ``v`` is (d, m) with v_i in column i. Slow (B × d × m memory); for tests and benchmarks only.
+    """
+    c = centroid.detach().double().cpu()
+    v = v.detach().double().cpu()
+    out = torch.zeros(v.shape[1], dtype=torch.float64)
+    for b in range(r_res.shape[0]):
+        rr = r_res[b].detach().double().cpu()
+        vv = v * scale[b].detach().double().cpu().unsqueeze(1) if scale is not None else v
+        moved = rr.unsqueeze(1) + vv * acts[b].detach().double().cpu().unsqueeze(0)  # (d, m): R + a_i v_i'
+        cos_new = (c @ moved) / (c.norm() * moved.norm(dim=0))
+        cos_old = (rr @ c) / (rr.norm() * c.norm())
+        out += (cos_new - cos_old).cpu()
+    return out / r_res.shape[0]
+
+
+# --- passes over sentences -----------------------------------------------------------------------
+
+
+@dataclass
+class _Sums:
+    """Per-layer running fp64 sums for one group of sentences."""
+
+    h: list[torch.Tensor] | None
+    a: list[torch.Tensor] | None
+    a2: list[torch.Tensor] | None
+    n: int = 0
+
+    def export(self, prefix: str) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name in ("h", "a", "a2"):
+            values = getattr(self, name)
+            if values is not None:
+                out[f"{prefix}/{name}"] = torch.stack([x.cpu() for x in values])
+        out[f"{prefix}/n"] = torch.tensor([self.n], dtype=torch.float64)
+        return out
+
+    def load(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        for name in ("h", "a", "a2"):
+            current = getattr(self, name)
+            if current is not None:
+                stacked = tensors[f"{prefix}/{name}"]
+                setattr(self, name, [stacked[i].to(current[i].device) for i in range(len(current))])
+        self.n = int(tensors[f"{prefix}/n"].item())
+
+
+def _zeros(lm: LoadedModel, layers: Sequence[int], width: int) -> list[torch.Tensor]:
+    out = []
+    for layer in layers:
+        dev = _stat_device(lm.out_proj(layer).weight.device)
+        out.append(torch.zeros(width, dtype=torch.float64, device=dev))
+    return out
+
+
+class _Pass:
+    """A resumable pass over sentences. Subclasses define what is captured and summed."""
+
+    name: str
+    want: tuple[str, ...]
+
+    def __init__(self, texts: Sequence[str], layers: Sequence[int]):
+        self.texts = list(texts)
+        self.layers = list(layers)
+
+    def update(self, states: LastTokenStates, rows: Sequence[int]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def export(self) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class CentroidPass(_Pass):
+    """Sums of h (and of a, a² for η²) over the English sentences (optional) and the L2 sentences."""
+
+    want = ("h", "a")
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        language: str,
+        en: Sequence[str] | None,
+        l2: Sequence[str],
+        layers: Sequence[int],
+        en_key: str,
+        with_acts: bool = True,
+    ):
+        super().__init__(list(en or []) + list(l2), layers)
+        self.name = f"{language}:centroids"
+        self.language = language
+        self.en_key = en_key
+        self.n_en_texts = len(en or [])
+        d, m = lm.hidden_size, lm.intermediate_size
+        self.want = ("h", "a") if with_acts else ("h",)
+
+        def sums() -> _Sums:
+            acts = with_acts
+            return _Sums(_zeros(lm, layers, d), _zeros(lm, layers, m) if acts else None,
+                         _zeros(lm, layers, m) if acts else None)
+
+        self.en = sums() if en is not None else None
+        self.l2 = sums()
+
+    def update(self, states: LastTokenStates, rows: Sequence[int]) -> None:
+        is_en = torch.tensor([r < self.n_en_texts for r in rows], dtype=torch.float64)
+        w_l2 = 1.0 - is_en
+        groups = [(self.l2, w_l2)] + ([(self.en, is_en)] if self.en is not None else [])
+        for j, layer in enumerate(self.layers):
+            h = states.h[layer]
+            a = states.a.get(layer)
+            for sums, w in groups:
+                dev = sums.h[j].device
+                wd = w.to(dev)
+                sums.h[j] += wd @ h.to(dev, torch.float64)
+                if sums.a is not None and a is not None:
+                    ad = a.to(dev, torch.float64)
+                    sums.a[j] += wd @ ad
+                    sums.a2[j] += wd @ (ad * ad)
+        n_en = int(is_en.sum().item())
+        self.l2.n += len(rows) - n_en
+        if self.en is not None:
+            self.en.n += n_en
+
+    def export(self) -> dict[str, torch.Tensor]:
+        out = self.l2.export(f"{self.language}/l2")
+        if self.en is not None:
+            out.update(self.en.export(f"en@{self.en_key}"))
+        return out
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.l2.load(f"{self.language}/l2", tensors)
+        if self.en is not None:
+            self.en.load(f"en@{self.en_key}", tensors)
+
+
+class ScorePass(_Pass):
+    """Score sums over the L2 sentences for every layer and every requested type."""
+
+    want = ("r", "a")
+
+    def __init__(self, lm: LoadedModel, language: str, l2: Sequence[str], layers: Sequence[int],
+                 centroids: Mapping[int, np.ndarray | torch.Tensor]):
+        super().__init__(l2, layers)
+        self.name = f"{language}:scores"
+        self.language = language
+        self.types = sorted(centroids)
+        self.scorers = {
+            layer: LayerScorer(lm, layer, {t: torch.as_tensor(np.asarray(centroids[t])[layer]) for t in self.types})
+            for layer in layers
+        }
+
+    def update(self, states: LastTokenStates, rows: Sequence[int]) -> None:
+        for layer, scorer in self.scorers.items():
+            scorer.update(states.r[layer], states.a[layer], states.out_scale.get(layer))
+
+    def export(self) -> dict[str, torch.Tensor]:
+        out = {
+            f"{self.language}/score{t}": torch.stack([s.sums[t].cpu() for s in self.scorers.values()])
+            for t in self.types
+        }
+        counts = {s.count for s in self.scorers.values()}
+        out[f"{self.language}/score_n"] = torch.tensor([counts.pop() if counts else 0], dtype=torch.float64)
+        return out
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        n = int(tensors[f"{self.language}/score_n"].item())
+        for t in self.types:
+            stacked = tensors[f"{self.language}/score{t}"]
+            for j, scorer in enumerate(self.scorers.values()):
+                scorer.sums[t] = stacked[j].to(scorer.device)
+        for scorer in self.scorers.values():
+            scorer.count = n
+
+    def means(self) -> dict[int, np.ndarray]:
+        return {
+            t: torch.stack([s.sums[t].cpu() / max(s.count, 1) for s in self.scorers.values()]).numpy()
+            for t in self.types
+        }
+
+
+def _num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+class _Runner:
+    """Runs passes batch by batch with optional periodic checkpoints and a per-batch callback."""
+
+    def __init__(self, lm: LoadedModel, *, batch_size: int, max_length: int | None, quiet: bool,
+                 checkpoint: _Checkpoint | None = None, checkpoint_every: int | None = None,
+                 on_batch: BatchCallback | None = None):
+        self.lm = lm
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.quiet = quiet
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.on_batch = on_batch
+        self.batches = 0
+
+    @torch.no_grad()
+    def run(self, p: _Pass) -> None:
+        ck = self.checkpoint
+        if ck is not None and p.name in ck.done:
+            p.load(ck.tensors)
+            return
+        start = 0
+        if ck is not None and ck.current == p.name and ck.batches_done:
+            p.load(ck.tensors)
+            start = ck.batches_done
+        total = _num_batches(len(p.texts), self.batch_size)
+        bar = _progress(total, p.name, self.quiet, initial=start)
+        try:
+            batches = encode_batches(self.lm.tokenizer, p.texts, self.batch_size, self.lm.device, self.max_length)
+            with LastTokenCapture(self.lm, p.want, p.layers) as cap:
+                for i, batch in enumerate(batches):
+                    if i < start:
+                        continue
+                    p.update(cap.run(batch), batch.rows)
+                    done = i + 1
+                    self.batches += 1
+                    bar.update(1)
+                    if ck is not None and self.checkpoint_every and done % self.checkpoint_every == 0 and done < total:
+                        ck.save_partial(p, done)
+                    if self.on_batch is not None:
+                        self.on_batch(p.name, done, total)
+        finally:
+            bar.close()
+        if ck is not None:
+            ck.finish(p, persist=bool(self.checkpoint_every))
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, quiet: bool, initial: int = 0) -> Any:
+    if quiet:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, unit="batch", leave=False, dynamic_ncols=True)
+
+
+# --- resumable checkpoints -----------------------------------------------------------------------
+
+
+class _Checkpoint:
+    """Partial sums on disk: ``state.json`` names a ``sums-<step>.safetensors`` written before it.
+
+    Both files are replaced atomically, so a crash at any moment leaves a consistent pair.
+    """
+
+    def __init__(self, directory: Path, key: dict[str, Any]):
+        self.dir = directory
+        self.key = key
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.done: list[str] = []
+        self.current: str | None = None
+        self.batches_done = 0
+        self.step = 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def load(self) -> None:
+        from safetensors.torch import load_file
+
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"{self.state_path}: unreadable resume state ({exc}); delete {self.dir} to start over"
+            ) from None
+        if state.get("key") != self.key:
+            old = state.get("key") or {}
+            diff = sorted(k for k in set(self.key) | set(old) if self.key.get(k) != old.get(k))
+            raise InputError(
+                f"{self.state_path}: cannot resume: the checkpoint was made with different settings "
+                f"({', '.join(diff)}); rerun with the same options or without --resume"
+            )
+        tensor_file = self.dir / state["tensors"] if state.get("tensors") else None
+        if tensor_file is not None:
+            if not tensor_file.is_file():
+                raise InputError(f"{self.state_path}: names {tensor_file.name}, which is missing; delete {self.dir}")
+            self.tensors = dict(load_file(str(tensor_file)))
+        self.done = list(state.get("done", []))
+        self.current = state.get("current")
+        self.batches_done = int(state.get("batches_done", 0))
+        self.step = int(state.get("step", 0))
+
+    def _write(self) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.step += 1
+        name = f"sums-{self.step:06d}.safetensors"
+        tmp = self.dir / f".{name}.tmp-{os.getpid()}"
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp))
+        os.replace(tmp, self.dir / name)
+        state = {
+            "format": "tnedit.identify-checkpoint/1",
+            "key": self.key,
+            "tensors": name,
+            "done": self.done,
+            "current": self.current,
+            "batches_done": self.batches_done,
+            "step": self.step,
+        }
+        tmp_state = self.dir / f".state.json.tmp-{os.getpid()}"
+        tmp_state.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        os.replace(tmp_state, self.state_path)
+        for old in self.dir.glob("sums-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def save_partial(self, p: _Pass, batches_done: int) -> None:
+        self.tensors.update(p.export())
+        self.current, self.batches_done = p.name, batches_done
+        self._write()
+
+    def finish(self, p: _Pass, persist: bool) -> None:
+        self.tensors.update(p.export())
+        if p.name not in self.done:
+            self.done.append(p.name)
+        self.current, self.batches_done = None, 0
+        if persist:
+            self._write()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def _pairs(corpus: Any, language: str) -> tuple[list[str], list[str]]:
+    """(English sentences, L2 sentences) of the corpus's en–L2 pairs, aligned."""
+    pairs = corpus.pairs(SHARED_LANGUAGE, language)
+    if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], str):
+        en, l2 = list(pairs[0]), list(pairs[1])
+    else:
+        pairs = list(pairs)
+        en = [p[0] for p in pairs]
+        l2 = [p[1] for p in pairs]
+    if len(en) != len(l2):
+        raise CorpusError(f"{corpus.source}: {len(en)} English and {len(l2)} '{language}' sentences (need pairs)")
+    return en, l2
+
+
+def _sha_texts(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def load_identify_corpus(settings: IdentifySettings, languages: Sequence[str], tokenizer: Any | None = None) -> Any:
+    """The parallel corpus with English plus ``languages`` (via :mod:`tnedit.corpus`)."""
+    from tnedit import corpus as corpus_mod
+
+    cols = [SHARED_LANGUAGE] + [lang for lang in languages if lang != SHARED_LANGUAGE]
+    corpus = corpus_mod.load_corpus(settings.data, cols, limit=settings.limit)
+    if tokenizer is not None and hasattr(corpus_mod, "check_tokenizable"):
+        corpus_mod.check_tokenizable(corpus, tokenizer, cols)
+    return corpus
+
+
+def default_languages(settings: IdentifySettings) -> list[str]:
+    """Every non-English language of the data (used when no --lang is given)."""
+    from tnedit import corpus as corpus_mod
+
+    corpus = corpus_mod.load_corpus(settings.data, None, limit=settings.limit)
+    return [lang for lang in corpus.languages if lang != SHARED_LANGUAGE]
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def default_output_dir(model: str) -> Path:
+    name = Path(str(model).rstrip("/")).name or "model"
+    return Path("tnedit-identify") / name
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+@dataclass
+class ScoresFile:
+    """A ``scores-<lang>.safetensors``: float32 [layers, intermediate] scores per type, plus η²."""
+
+    language: str
+    scores: dict[int, np.ndarray]
+    eta2: np.ndarray | None
+    model: ModelInfo
+    candidate_layers: dict[int, list[int]]
+    method: dict[str, Any]
+    n_en: int
+    n_l2: int
+    path: Path | None = None
+
+
+def save_scores(sf: ScoresFile, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    tensors = {f"type{t}": torch.from_numpy(np.asarray(s, dtype=np.float32)) for t, s in sf.scores.items()}
+    if sf.eta2 is not None:
+        tensors["eta2"] = torch.from_numpy(np.asarray(sf.eta2, dtype=np.float32))
+    metadata = {
+        "format": SCORES_FORMAT,
+        "language": sf.language,
+        "model": json.dumps(asdict(sf.model)),
+        "model_name": sf.model.name_or_path,
+        "candidate_layers": json.dumps({str(t): v for t, v in sf.candidate_layers.items()}),
+        "method": json.dumps(sf.method, ensure_ascii=False),
+        "n_en": str(sf.n_en),
+        "n_l2": str(sf.n_l2),
+        "tnedit_version": __version__,
+    }
+    _atomic_save_safetensors(tensors, metadata, path)
+    return path
+
+
+def load_scores(path: str | os.PathLike[str]) -> ScoresFile:
+    """Read a scores file written by identify; errors name the file and the key."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: scores file not found")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            keys = list(fh.keys())
+            arrays = {k: fh.get_tensor(k).float().numpy().astype(np.float64) for k in keys}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != SCORES_FORMAT:
+        raise InputError(f"{p}: metadata key 'format' must be '{SCORES_FORMAT}', got {meta.get('format')!r}")
+    try:
+        model = ModelInfo(**json.loads(meta["model"]))
+        cand = {int(t): list(v) for t, v in json.loads(meta["candidate_layers"]).items()}
+        method = json.loads(meta.get("method", "{}"))
+        language = meta["language"]
+        n_en, n_l2 = int(meta.get("n_en", 0)), int(meta.get("n_l2", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{p}: malformed metadata ({type(exc).__name__}: {exc})") from None
+    scores = {int(k[4:]): v for k, v in arrays.items() if re.fullmatch(r"type\d", k)}
+    if not scores:
+        raise InputError(f"{p}: no 'type1'/'type2' score tensors (found {', '.join(keys) or 'none'})")
+    return ScoresFile(language, scores, arrays.get("eta2"), model, cand, method, n_en, n_l2, p)
+
+
+def select_from_scores(
+    sf: ScoresFile,
+    neuron_type: int,
+    k: int,
+    layers: str | Sequence[int] | None = None,
+    *,
+    settings: IdentifySettings | None = None,
+) -> NeuronSet:
+    """Re-rank a scores file into a neuron set (no forward pass). Same ranking as identify's."""
+    if neuron_type not in sf.scores:
+        have = ", ".join(f"type{t}" for t in sorted(sf.scores))
+        where = sf.path or "scores"
+        raise InputError(f"{where}: no scores for type {neuron_type} (key 'type{neuron_type}'; the file has {have})")
+    num_layers = sf.scores[neuron_type].shape[0]
+    cand = parse_layers(layers, num_layers)
+    if cand is None:
+        cand = sf.candidate_layers.get(neuron_type) or default_layers(neuron_type, num_layers)
+    scores32 = sf.scores[neuron_type].astype(np.float32)
+    n_cand = len(cand) * scores32.shape[1]
+    k_eff = _cap_k(k, n_cand, settings, f"type {neuron_type} in layers {_layers_text(cand)}")
+    neurons = select_top(scores32, cand, k_eff)
+    extra: dict[str, Any] = {
+        "centroid": "shared (en+L2)/2" if neuron_type == 1 else "L2",
+        "n_candidates": n_cand,
+        "score": "mean_s[cos(R + a_i v_i, C) - cos(R, C)]",
+    }
+    if sf.eta2 is not None and sf.n_en and sf.n_l2:
+        extra.update(eta2_summary(neurons, sf.eta2, sf.n_en + sf.n_l2))
+    base = dict(sf.method)
+    method = Method(
+        kind="transfer",
+        type=neuron_type,
+        language=sf.language,
+        languages=[SHARED_LANGUAGE, sf.language],
+        layers=list(cand),
+        k=len(neurons),
+        data=base.get("data", {}),
+        position="last",
+        dtype=base.get("dtype"),
+        tokenizer=base.get("tokenizer", {}),
+        seed=None,
+        tnedit_version=__version__,
+        extra={**base.get("extra", {}), **extra},
+    )
+    return NeuronSet(neurons=neurons, model=sf.model, method=method)
+
+
+def _layers_text(layers: Sequence[int]) -> str:
+    """[0,1,2,5] → '0-2,5'."""
+    out: list[str] = []
+    layers = sorted(layers)
+    i = 0
+    while i < len(layers):
+        j = i
+        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
+            j += 1
+        out.append(str(layers[i]) if i == j else f"{layers[i]}-{layers[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+# --- the public passes ---------------------------------------------------------------------------
+
+
+def compute_centroids(
+    lm: LoadedModel,
+    en: Sequence[str] | None,
+    l2: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Per-layer centroids at the last token: ``{"shared": [L, d], "l2": [L, d]}`` (float64).
+
+    ``shared`` (Type-1) needs ``en``, aligned with ``l2``; with ``en=None`` only ``l2`` is returned.
+    """
+    layers = list(range(lm.num_layers)) if layers is None else list(layers)
+    if en is not None and len(en) != len(l2):
+        raise CorpusError(f"{len(en)} English and {len(l2)} L2 sentences: centroids need aligned pairs")
+    p = CentroidPass(lm, "l2", en, l2, layers, en_key="en", with_acts=False)
+    _Runner(lm, batch_size=batch_size, max_length=max_length, quiet=quiet).run(p)
+    mean_l2 = torch.stack([x.cpu() for x in p.l2.h]).numpy() / p.l2.n
+    out: dict[str, Any] = {"l2": mean_l2, "layers": layers}
+    if p.en is not None:
+        mean_en = torch.stack([x.cpu() for x in p.en.h]).numpy() / p.en.n
+        out["shared"] = (mean_en + mean_l2) / 2.0
+        out["en"] = mean_en
+    return out
+
+
+def score_neurons(
+    lm: LoadedModel,
+    corpus_rows: Sequence[str],
+    centroids: Mapping[int, np.ndarray | torch.Tensor],
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    quiet: bool = True,
+) -> dict[int, np.ndarray]:
+    """Mean score of every neuron of ``layers`` over the L2 sentences ``corpus_rows``.
+
+    ``centroids`` maps a type (1 or 2) to its per-layer centroid array ``[num_layers, hidden]``.
+    Returns ``{type: float64 [num_layers, intermediate]}`` with NaN in layers not scored.
+    """
+    layers = list(range(lm.num_layers)) if layers is None else list(layers)
+    p = ScorePass(lm, "l2", corpus_rows, layers, centroids)
+    _Runner(lm, batch_size=batch_size, max_length=max_length, quiet=quiet).run(p)
+    means = p.means()
+    out = {}
+    for t, arr in means.items():
+        full = np.full((lm.num_layers, lm.intermediate_size), np.nan)
+        full[layers] = arr
+        out[t] = full
+    return out
+
+
+# --- identify ------------------------------------------------------------------------------------
+
+
+def _settings_key(
+    settings: IdentifySettings, lm: LoadedModel, corpus: Any, langs: Sequence[str], types: Sequence[int]
+) -> dict[str, Any]:
+    return {
+        "model": lm.name_or_path,
+        "model_fingerprint": lm.fingerprint(),
+        "data_sha256": getattr(corpus, "sha256", None),
+        "languages": list(langs),
+        "types": list(types),
+        "batch_size": settings.batch_size,
+        "max_length": settings.max_length,
+        "dtype": _dtype_name(lm.dtype),
+        "eta2": bool(settings.eta2),
+        "tnedit_version": __version__,
+    }
+
+
+def identify(
+    settings: IdentifySettings,
+    *,
+    lm: LoadedModel | None = None,
+    corpus: Any | None = None,
+    on_batch: BatchCallback | None = None,
+) -> IdentifyResult:
+    """Find Type-1 and/or Type-2 transfer neurons for each language of ``settings.langs``.
+
+    ``lm`` and ``corpus`` may be passed to reuse a loaded model or a loaded
+    :class:`tnedit.corpus.ParallelCorpus`. ``on_batch(pass_name, done, total)`` is called after every
+    batch (and after any checkpoint): raising from it interrupts the run like a crash would.
+    Writes ``neurons-<lang>-type<t>.json`` and ``scores-<lang>.safetensors`` under
+    ``settings.output`` when it is set.
+    """
+    started = time.perf_counter()
+    types = parse_types(settings.type)
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.k < 1:
+        raise InputError(f"--k must be at least 1, got {settings.k}")
+    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every must be at least 1, got {settings.checkpoint_every}")
+    if (settings.checkpoint_every or settings.resume) and settings.output is None:
+        raise InputError("--checkpoint-every and --resume need an output directory (-o)")
+    if lm is None:
+        lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
+                        device=settings.device, device_map=settings.device_map)
+    langs = parse_languages(settings.langs)
+    if SHARED_LANGUAGE in langs:
+        raise InputError(f"--lang: '{SHARED_LANGUAGE}' is the shared language; give the target languages (e.g. ja,ko)")
+    if corpus is None:
+        if not langs:
+            langs = default_languages(settings)
+        corpus = load_identify_corpus(settings, langs, lm.tokenizer)
+    if not langs:
+        langs = [x for x in getattr(corpus, "languages", []) if x != SHARED_LANGUAGE]
+    if not langs:
+        raise InputError("no target language: pass --lang (e.g. --lang ja)")
+
+    num_layers = lm.num_layers
+    cand = candidate_layers(types, num_layers, settings.layers)
+    file_layers = candidate_layers([1, 2], num_layers, settings.layers)  # recorded in the scores file
+    all_layers = list(range(num_layers))
+    model_info = lm.model_info()
+    out_dir = Path(settings.output) if settings.output is not None else None
+
+    ck: _Checkpoint | None = None
+    if out_dir is not None and (settings.checkpoint_every or settings.resume):
+        ck = _Checkpoint(out_dir / CHECKPOINT_DIR, _settings_key(settings, lm, corpus, langs, types))
+        if settings.resume:
+            if ck.exists():
+                ck.load()
+            else:
+                _warn(settings, f"--resume: no checkpoint under {ck.dir}; starting from the beginning")
+        elif ck.exists():
+            ck.remove()
+    runner = _Runner(lm, batch_size=settings.batch_size, max_length=settings.max_length, quiet=settings.quiet,
+                     checkpoint=ck, checkpoint_every=settings.checkpoint_every, on_batch=on_batch)
+
+    need_en = 1 in types or settings.eta2
+    stats: dict[str, LanguageStats] = {}
+    en_cache: dict[str, _Sums] = {}
+    for lang in langs:
+        en, l2 = _pairs(corpus, lang)
+        en_key = _sha_texts(en) + (f"-{settings.max_length}" if settings.max_length else "")
+        cached = en_cache.get(en_key) if need_en else None
+        cp = CentroidPass(lm, lang, en if (need_en and cached is None) else None, l2, all_layers, en_key,
+                          with_acts=settings.eta2)
+        runner.run(cp)
+        en_sums = cached or cp.en
+        if en_sums is not None:
+            en_cache[en_key] = en_sums
+        mean_l2 = torch.stack([x.cpu() for x in cp.l2.h]).numpy() / cp.l2.n
+        # Both types' scores come from the same passes at almost no cost (a few extra rows in the
+        # last-token product), so the scores file always holds every type the data allows.
+        centroids: dict[int, np.ndarray] = {2: mean_l2}
+        if en_sums is not None:
+            mean_en = torch.stack([x.cpu() for x in en_sums.h]).numpy() / en_sums.n
+            centroids[1] = (mean_en + mean_l2) / 2.0
+        sp = ScorePass(lm, lang, l2, all_layers, centroids)
+        runner.run(sp)
+        eta2 = None
+        if settings.eta2 and en_sums is not None and en_sums.a is not None:
+            def stack(xs: list[torch.Tensor]) -> np.ndarray:
+                return torch.stack([x.cpu() for x in xs]).numpy()
+
+            eta2 = eta_squared_from_sums(stack(cp.l2.a), stack(cp.l2.a2), cp.l2.n,
+                                         stack(en_sums.a), stack(en_sums.a2), en_sums.n)
+        stats[lang] = LanguageStats(lang, len(l2), sp.means(), centroids, eta2,
+                                    en_sums.n if en_sums is not None else 0, cp.l2.n)
+
+    # selection and outputs
+    method_base = {
+        "data": {"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None)},
+        "dtype": _dtype_name(lm.dtype),
+        "tokenizer": lm.tokenizer_facts(),
+        "extra": {"batch_size": settings.batch_size, "max_length": settings.max_length},
+    }
+    result = IdentifyResult(model_info, list(langs), types, cand, stats, {}, batches=runner.batches)
+    for lang, st in stats.items():
+        base = json.loads(json.dumps(method_base))
+        base["data"]["n_pairs"] = st.n_pairs
+        layers_in_file = {t: file_layers[t] for t in st.scores}
+        sf = ScoresFile(lang, st.scores, st.eta2, model_info, layers_in_file, base, st.n_en, st.n_l2)
+        if out_dir is not None:
+            path = save_scores(sf, out_dir / f"scores-{lang}.safetensors")
+            sf.path = path
+            result.files.append(path)
+        for t in types:
+            ns = select_from_scores(sf, t, settings.k, cand[t], settings=settings)
+            if out_dir is not None:
+                path = ns.save(out_dir / f"neurons-{lang}-type{t}.json")
+                result.files.append(path)
+                result.set_files[(lang, t)] = path
+            result.neuron_sets[(lang, t)] = ns
+    if ck is not None:
+        ck.remove()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --- random control ------------------------------------------------------------------------------
+
+
+def random_control(
+    like: NeuronSet,
+    num_layers: int,
+    intermediate_size: int,
+    seed: int,
+    *,
+    layers: Sequence[int] | None = None,
+    k: int | None = None,
+    match_layers: bool = False,
+) -> NeuronSet:
+    """k random neurons from the candidate layers of ``like``, excluding ``like``'s neurons, seeded.
+
+    Candidate layers: ``layers`` if given, else ``like.method.layers``, else the layers ``like``
+    uses. ``match_layers=True`` draws the same number per layer as ``like`` instead of uniformly.
+    """
+    if layers is None:
+        if like.method and like.method.layers:
+            layers = list(like.method.layers)
+        else:
+            layers = sorted({n.layer for n in like.neurons})
+    layers = sorted(set(int(x) for x in layers))
+    if not layers:
+        raise NeuronSetError("random control: the reference set has no neurons and no candidate layers")
+    try:
+        like.validate_shape(num_layers, intermediate_size, "--like")
+    except NeuronFormatError as exc:
+        raise NeuronSetError(str(exc)) from None
+    bad = [x for x in layers if not 0 <= x < num_layers]
+    if bad:
+        raise NeuronSetError(f"random control: layer {bad[0]} is out of range (the model has {num_layers} layers)")
+    k = len(like) if k is None else int(k)
+    excluded = like.keys()
+    rng = np.random.default_rng(seed)
+    picked: list[tuple[int, int]] = []
+    if match_layers:
+        want = like.per_layer_counts()
+        for layer in layers:
+            free = np.array([i for i in range(intermediate_size) if (layer, i) not in excluded])
+            n = want.get(layer, 0)
+            if n > free.size:
+                raise NeuronSetError(f"random control: layer {layer} has only {free.size} free neurons, need {n}")
+            picked += [(layer, int(i)) for i in rng.choice(free, size=n, replace=False)]
+    else:
+        pos = {layer: j for j, layer in enumerate(layers)}
+        mask = np.ones(len(layers) * intermediate_size, dtype=bool)
+        for layer, index in excluded:
+            if layer in pos:
+                mask[pos[layer] * intermediate_size + index] = False
+        free = np.flatnonzero(mask)
+        if k > free.size:
+            raise NeuronSetError(
+                f"random control: k={k} but only {free.size} neurons remain in layers {_layers_text(layers)} "
+                "after excluding the reference set"
+            )
+        chosen = rng.choice(free, size=k, replace=False)
+        picked = [(layers[int(c) // intermediate_size], int(c) % intermediate_size) for c in chosen]
+    picked.sort()
+    src = like.method
+    method = Method(
+        kind="random",
+        type=src.type if src else None,
+        language=src.language if src else None,
+        languages=list(src.languages) if src else [],
+        layers=layers,
+        k=len(picked),
+        data=dict(src.data) if src else {},
+        position=src.position if src else "last",
+        dtype=src.dtype if src else None,
+        tokenizer=dict(src.tokenizer) if src else {},
+        seed=seed,
+        tnedit_version=__version__,
+        extra={"like_sha256": like.sha256(), "excluded": len(excluded), "match_layers": match_layers,
+               "like_kind": src.kind if src else None},
+    )
+    return NeuronSet(neurons=[Neuron(a, b) for a, b in picked], model=like.model, method=method)
+
+
+def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | None, int, int]:
+    """(model info if known, layers, intermediate size) without loading weights.
+
+    Reads the checkpoint headers of a local directory (via :mod:`tnedit.checkpoint`); otherwise
+    falls back to the ``model`` block of ``like``.
+    """
+    from tnedit.checkpoint import open_checkpoint
+
+    local = Path(model).expanduser()
+    if local.is_dir():
+        ckpt = open_checkpoint(local)
+        info = ModelInfo(
+            name_or_path=model,
+            model_type=ckpt.model_type,
+            num_layers=ckpt.num_layers,
+            intermediate_size=ckpt.intermediate_size,
+            fingerprint=ckpt.fingerprint(),
+        )
+        return info, ckpt.num_layers, ckpt.intermediate_size
+    if like is not None and like.model is not None:
+        return like.model, like.model.num_layers, like.model.intermediate_size
+    raise InputError(
+        f"{model}: not a local model directory, and the --like file has no 'model' block to read the shape from"
+    )
+
+
+# --- LAPE ----------------------------------------------------------------------------------------
+
+
+class _ActCounter:
+    """Hooks counting, per neuron, the real tokens where the act module's output is > 0."""
+
+    def __init__(self, lm: LoadedModel, layers: Sequence[int]):
+        self.lm = lm
+        self.layers = list(layers)
+        self.counts = {
+            layer: torch.zeros(lm.intermediate_size, dtype=torch.float64,
+                               device=_stat_device(lm.out_proj(layer).weight.device))
+            for layer in self.layers
+        }
+        self.valid: torch.Tensor | None = None
+        self._handles: list[Any] = []
+        mods = [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
+        if len({id(m) for m in mods}) != len(mods):
+            raise InputError(f"{lm.arch.name}: the activation module '{lm.arch.act}' is shared between layers; "
+                             "LAPE cannot tell the layers apart")
+        self.modules = mods
+
+    def __enter__(self) -> _ActCounter:
+        for layer, mod in zip(self.layers, self.modules, strict=True):
+            self._handles.append(mod.register_forward_hook(self._hook(layer)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, out: Any) -> None:
+            x = out[0] if isinstance(out, tuple | list) else out
+            x = x.reshape(-1, x.shape[-1])
+            valid = self.valid.reshape(-1).to(x.device)
+            counts = self.counts[layer]
+            counts += ((x[valid] > 0).sum(0)).to(counts.device, torch.float64)
+
+        return hook
+
+
+def activation_probabilities(
+    lm: LoadedModel,
+    texts: Mapping[str, Sequence[str]],
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    quiet: bool = True,
+    exclude_special: bool = True,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
+
+    A neuron is active on a token when the registry's ``act`` module outputs > 0 (the gate
+    ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs). Padding and,
+    with ``exclude_special``, special tokens (BOS) are not counted. Returns P (float64) and the
+    token count per language.
+    """
+    layers = list(range(lm.num_layers)) if layers is None else list(layers)
+    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    probs = np.zeros((len(layers), lm.intermediate_size, len(texts)))
+    tokens: dict[str, int] = {}
+    for j, (lang, rows) in enumerate(texts.items()):
+        counter = _ActCounter(lm, layers)
+        n_tok = 0
+        bar = _progress(_num_batches(len(rows), batch_size), f"{lang}:lape", quiet)
+        with counter, torch.inference_mode():
+            for batch in encode_batches(lm.tokenizer, rows, batch_size, lm.device, max_length):
+                valid = batch.attention_mask.bool()
+                if exclude_special and special.numel():
+                    valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
+                counter.valid = valid
+                n_tok += int(valid.sum().item())
+                lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                bar.update(1)
+        bar.close()
+        if n_tok == 0:
+            raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
+        tokens[lang] = n_tok
+        probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tok
+    return probs, tokens
+
+
+def _kth_value(flat: np.ndarray, rate: float) -> float:
+    """torch.kthvalue(flat, round(len·rate)): the k-th smallest (1-based), as in the LAPE code."""
+    k = min(max(int(round(flat.size * rate)), 1), flat.size)
+    return float(np.partition(flat, k - 1)[k - 1])
+
+
+@dataclass
+class LapeSelection:
+    """LAPE output: per-language neurons, plus the thresholds and entropies used."""
+
+    neurons: dict[str, list[Neuron]]
+    entropy: np.ndarray  # [len(layers), m]
+    filter_value: float
+    bar_value: float
+    layers: list[int]
+
+
+def lape(
+    probs: np.ndarray,
+    languages: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    top_rate: float = 0.01,
+    filter_rate: float = 0.95,
+    bar_rate: float = 0.95,
+) -> LapeSelection:
+    """Language-specific neurons by activation-probability entropy (Tang et al., ACL 2024).
+
+    ``probs`` is ``P[layer, neuron, language]`` over ``layers`` (default 0..L−1). Normalise over
+    languages, entropy ``−Σ P' log P'``; neurons whose P exceeds the ``filter_rate`` quantile of all
+    P in no language are dropped; the lowest-entropy ``top_rate`` of all neurons are kept; each is
+    assigned to every language whose P exceeds the ``bar_rate`` quantile. Within a language,
+    neurons are ordered by entropy (ascending); ``score`` is the entropy.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != len(languages):
+        raise InputError(f"LAPE: probabilities of shape {p.shape} do not match {len(languages)} languages")
+    layers = list(range(p.shape[0])) if layers is None else list(layers)
+    total = p.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normed = np.where(total > 0, p / np.where(total > 0, total, 1.0), 0.0)
+        logp = np.where(normed > 0, np.log(np.where(normed > 0, normed, 1.0)), 0.0)
+    entropy = -(normed * logp).sum(axis=-1)
+    flat = p.ravel()
+    filter_value = _kth_value(flat, filter_rate)
+    keep = (p > filter_value).sum(axis=-1) > 0
+    entropy = np.where(keep, entropy, np.inf)
+    n_top = int(round(entropy.size * top_rate))
+    order = np.argsort(entropy.ravel(), kind="stable")[:n_top]
+    bar_value = _kth_value(flat, bar_rate)
+    m = p.shape[1]
+    out: dict[str, list[Neuron]] = {lang: [] for lang in languages}
+    for idx in order:
+        li, ni = int(idx) // m, int(idx) % m
+        for j, lang in enumerate(languages):
+            if p[li, ni, j] > bar_value:
+                out[lang].append(Neuron(layers[li], ni, score=float(entropy[li, ni])))
+    return LapeSelection(out, entropy, filter_value, bar_value, layers)
+
+
+@dataclass
+class LapeSettings:
+    model: str
+    langs: Sequence[str]
+    data: str | None = None
+    layers: str | Sequence[int] | None = None
+    batch_size: int = 16
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    max_length: int | None = None
+    limit: int | None = None
+    quiet: bool = False
+    output: str | os.PathLike[str] | None = None
+    revision: str | None = None
+    top_rate: float = 0.01
+    filter_rate: float = 0.95
+    bar_rate: float = 0.95
+
+
+def lape_path(out_dir: str | os.PathLike[str], language: str) -> Path:
+    return Path(out_dir) / f"neurons-{language}-lape.json"
+
+
+def identify_lape(
+    settings: LapeSettings, *, lm: LoadedModel | None = None, corpus: Any | None = None
+) -> dict[str, NeuronSet]:
+    """LAPE language-specific neurons, one neuron set per language (method kind "lape")."""
+    langs = parse_languages(settings.langs)
+    if len(langs) < 2:
+        raise InputError("--method lape needs at least two languages (e.g. --langs en,ja,ko)")
+    if lm is None:
+        lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
+                        device=settings.device, device_map=settings.device_map)
+    if corpus is None:
+        from tnedit import corpus as corpus_mod
+
+        corpus = corpus_mod.load_corpus(settings.data, langs, limit=settings.limit)
+        if hasattr(corpus_mod, "check_tokenizable"):
+            corpus_mod.check_tokenizable(corpus, lm.tokenizer, langs)
+    layers = parse_layers(settings.layers, lm.num_layers) or list(range(lm.num_layers))
+    texts = {lang: list(corpus.column(lang)) for lang in langs}
+    probs, tokens = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size,
+                                             max_length=settings.max_length, quiet=settings.quiet)
+    sel = lape(probs, langs, layers, top_rate=settings.top_rate, filter_rate=settings.filter_rate,
+               bar_rate=settings.bar_rate)
+    info = lm.model_info()
+    out: dict[str, NeuronSet] = {}
+    out_dir = Path(settings.output) if settings.output is not None else None
+    for lang in langs:
+        method = Method(
+            kind="lape",
+            type=None,
+            language=lang,
+            languages=list(langs),
+            layers=layers,
+            k=len(sel.neurons[lang]),
+            data={"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None),
+                  "n_sentences": len(texts[lang]), "n_tokens": tokens[lang]},
+            position="all",
+            dtype=_dtype_name(lm.dtype),
+            tokenizer=lm.tokenizer_facts(),
+            tnedit_version=__version__,
+            extra={"score": "LAPE entropy (lower = more language-specific)", "top_rate": settings.top_rate,
+                   "filter_rate": settings.filter_rate, "bar_rate": settings.bar_rate,
+                   "filter_value": sel.filter_value, "bar_value": sel.bar_value},
+        )
+        ns = NeuronSet(neurons=sel.neurons[lang], model=info, method=method)
+        if out_dir is not None:
+            ns.save(lape_path(out_dir, lang))
+        out[lang] = ns
+    return out
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    size_a: int
+    size_b: int
+    intersection: int
+    overlap: float  # |A ∩ B| / |A|
+    overlap_b: float  # |A ∩ B| / |B|
+    jaccard: float
+    per_layer: list[dict[str, int]]  # {layer, a, b, both}
+    same_model: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(a: NeuronSet, b: NeuronSet) -> Comparison:
+    """Overlap of two neuron sets: |A∩B|/|A|, |A∩B|/|B|, Jaccard and a per-layer table."""
+    ka, kb = a.keys(), b.keys()
+    both = ka & kb
+    union = ka | kb
+    layers = sorted({x[0] for x in union})
+    per_layer = [
+        {
+            "layer": layer,
+            "a": sum(1 for x in ka if x[0] == layer),
+            "b": sum(1 for x in kb if x[0] == layer),
+            "both": sum(1 for x in both if x[0] == layer),
+        }
+        for layer in layers
+    ]
+    same = None
+    if a.model is not None and b.model is not None:
+        same = a.model.fingerprint == b.model.fingerprint
+    return Comparison(
+        size_a=len(ka),
+        size_b=len(kb),
+        intersection=len(both),
+        overlap=len(both) / len(ka) if ka else 0.0,
+        overlap_b=len(both) / len(kb) if kb else 0.0,
+        jaccard=len(both) / len(union) if union else 0.0,
+        per_layer=per_layer,
+        same_model=same,
+    )
+
+
+def with_k(ns: NeuronSet, k: int) -> NeuronSet:
+    """The first k neurons of a ranked set, with ``method.k`` updated."""
+    out = ns.top(k)
+    if out.method is not None:
+        out = replace(out, method=replace(out.method, k=len(out.neurons)))
+    return out
