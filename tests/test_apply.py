@@ -124,8 +124,13 @@ def test_only_targeted_bytes_change(tie, sharded, dtype, tmp_path, capsys):
         assert (src / "model.safetensors.index.json").is_file()
     before = dir_hashes(src)
     out = tmp_path / "edited"
-    assert run_cli(["apply", str(src), "--neurons", "1:5:0.25,2:7,3:63", "--op", "scale", "--factor", "3",
-                    "-o", str(out)], capsys)[0] == 0
+    assert (
+        run_cli(
+            ["apply", str(src), "--neurons", "1:5:0.25,2:7,3:63", "--op", "scale", "--factor", "3", "-o", str(out)],
+            capsys,
+        )[0]
+        == 0
+    )
     assert dir_hashes(src) == before, "the source checkpoint was modified"
     arch = get_architecture("llama")
     edited_names = {f"model.layers.{layer}.mlp.down_proj.weight": idx for layer, idx in [(1, 5), (2, 7), (3, 63)]}
@@ -177,8 +182,12 @@ def test_revert_is_byte_identical(sharded, tmp_path, capsys):
         src = _shard(src, tmp_path / "sharded", "20KB")
         (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Tiny\n")
     out, back = tmp_path / "edited", tmp_path / "reverted"
-    assert run_cli(["apply", str(src), "--neurons", NEURONS, "--op", "scale", "--factor", "-1.5", "-o", str(out)],
-                   capsys)[0] == 0
+    assert (
+        run_cli(["apply", str(src), "--neurons", NEURONS, "--op", "scale", "--factor", "-1.5", "-o", str(out)], capsys)[
+            0
+        ]
+        == 0
+    )
     assert dir_hashes(out) != dir_hashes(src)
     assert run_cli(["revert", str(out), "-o", str(back)], capsys)[0] == 0
     assert dir_hashes(back) == dir_hashes(src)
@@ -208,8 +217,10 @@ def test_model_card_and_provenance(tmp_path, capsys):
 def test_in_memory_apply_matches_baked_and_restores(tmp_path, capsys):
     src = make_tiny("gemma3_text", tmp_path)
     out = tmp_path / "edited"
-    assert run_cli(["apply", str(src), "--neurons", NEURONS, "--op", "scale", "--factor", "2", "-o", str(out)],
-                   capsys)[0] == 0
+    assert (
+        run_cli(["apply", str(src), "--neurons", NEURONS, "--op", "scale", "--factor", "2", "-o", str(out)], capsys)[0]
+        == 0
+    )
     model, _ = load_tiny(src)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     handle = apply_to_model(model, [Neuron(*n) for n in NEURON_LIST], op="scale", factor=2)
@@ -227,12 +238,21 @@ def test_plain_list_csv_json_and_per_neuron_factor(tmp_path, capsys):
     json_file = tmp_path / "n.json"
     json_file.write_text(json.dumps([[1, 5, 0.5], {"layer": 2, "index": 9, "factor": 2}]))
     out_csv, out_json, out_inline = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert run_cli(["apply", str(src), str(csv_file), "-o", str(out_csv), "--op", "scale", "--factor", "1"],
-                   capsys)[0] == 0
-    assert run_cli(["apply", str(src), str(json_file), "-o", str(out_json), "--op", "scale", "--factor", "1"],
-                   capsys)[0] == 0
-    assert run_cli(["apply", str(src), "--neurons", "1:5:0.5,2:9:2", "-o", str(out_inline), "--op", "scale",
-                    "--factor", "1"], capsys)[0] == 0
+    assert (
+        run_cli(["apply", str(src), str(csv_file), "-o", str(out_csv), "--op", "scale", "--factor", "1"], capsys)[0]
+        == 0
+    )
+    assert (
+        run_cli(["apply", str(src), str(json_file), "-o", str(out_json), "--op", "scale", "--factor", "1"], capsys)[0]
+        == 0
+    )
+    assert (
+        run_cli(
+            ["apply", str(src), "--neurons", "1:5:0.5,2:9:2", "-o", str(out_inline), "--op", "scale", "--factor", "1"],
+            capsys,
+        )[0]
+        == 0
+    )
     digest = sha(out_csv / "model.safetensors")
     assert digest == sha(out_json / "model.safetensors") == sha(out_inline / "model.safetensors")
     assert digest != sha(src / "model.safetensors")
@@ -246,8 +266,11 @@ def test_top_k_and_layers_filter(tmp_path, capsys):
 
     ck = open_checkpoint(src)
     info = ModelInfo(str(src), "llama", ck.num_layers, ck.intermediate_size, ck.fingerprint())
-    ns = NeuronSet([Neuron(2, 1, 0.9), Neuron(0, 2, 0.8), Neuron(1, 3, 0.7), Neuron(3, 4, 0.6)], info,
-                   Method(kind="transfer", type=1, language="ja"))
+    ns = NeuronSet(
+        [Neuron(2, 1, 0.9), Neuron(0, 2, 0.8), Neuron(1, 3, 0.7), Neuron(3, 4, 0.6)],
+        info,
+        Method(kind="transfer", type=1, language="ja"),
+    )
     path = ns.save(tmp_path / "neurons.json")
     out = tmp_path / "edited"
     assert run_cli(["apply", str(src), str(path), "--top-k", "3", "--layers", "0-1", "-o", str(out)], capsys)[0] == 0
@@ -283,8 +306,10 @@ def test_interrupted_apply_leaves_nothing(tmp_path, capsys, monkeypatch):
 def test_inspect(tmp_path, capsys):
     from tnedit.neurons import Method, NeuronSet
 
-    ns = NeuronSet([Neuron(2, 1, 0.9), Neuron(0, 2, 0.8), Neuron(2, 3, 0.7)], method=Method(kind="transfer", type=1,
-                                                                                           language="ja", k=3))
+    ns = NeuronSet(
+        [Neuron(2, 1, 0.9), Neuron(0, 2, 0.8), Neuron(2, 3, 0.7)],
+        method=Method(kind="transfer", type=1, language="ja", k=3),
+    )
     path = ns.save(tmp_path / "neurons.json")
     code, out, _ = run_cli(["inspect", str(path)], capsys)
     assert code == 0
@@ -325,8 +350,14 @@ def test_error_bin_only(tmp_path, capsys, tiny):
     (bad / "config.json").write_text((tiny / "config.json").read_text())
     (bad / "pytorch_model.bin").write_bytes(b"\0" * 16)
     out = tmp_path / "out"
-    expect_error(["apply", str(bad), "--neurons", "0:1", "-o", str(out)], capsys, "binonly", "convert",
-                 "save_pretrained", out=out)
+    expect_error(
+        ["apply", str(bad), "--neurons", "0:1", "-o", str(out)],
+        capsys,
+        "binonly",
+        "convert",
+        "save_pretrained",
+        out=out,
+    )
 
 
 def test_error_index_missing_shard_and_disagreeing(tmp_path, capsys, tiny):
@@ -373,8 +404,16 @@ def test_error_quantized_tensors(tmp_path, capsys):
     expect_error(["apply", str(src), "--neurons", "0:1", "-o", str(out)], capsys, "qweight", out=out)
 
 
-@pytest.mark.parametrize("neurons,needle", [("9:1", "layer 9"), ("1:64", "index 64"), ("1:-2", "index must be a non-negative integer"),
-                                            ("x:1", "layer"), ("1", "layer,index")])
+@pytest.mark.parametrize(
+    "neurons,needle",
+    [
+        ("9:1", "layer 9"),
+        ("1:64", "index 64"),
+        ("1:-2", "index must be a non-negative integer"),
+        ("x:1", "layer"),
+        ("1", "layer,index"),
+    ],
+)
 def test_error_neuron_out_of_range_or_malformed(neurons, needle, tmp_path, capsys, tiny):
     out = tmp_path / "out"
     expect_error(["apply", str(tiny), "--neurons", neurons, "-o", str(out)], capsys, needle, out=out)
@@ -405,8 +444,12 @@ def test_error_out_exists_and_overwrite(tmp_path, capsys, tiny):
 @pytest.mark.parametrize("factor", ["nan", "inf", "-inf", "abc", ""])
 def test_error_bad_factor(factor, tmp_path, capsys, tiny):
     out = tmp_path / "out"
-    expect_error(["apply", str(tiny), "--neurons", "0:1", "--op", "scale", "--factor", factor, "-o", str(out)],
-                 capsys, "factor", out=out)
+    expect_error(
+        ["apply", str(tiny), "--neurons", "0:1", "--op", "scale", "--factor", factor, "-o", str(out)],
+        capsys,
+        "factor",
+        out=out,
+    )
 
 
 @pytest.mark.parametrize(
@@ -418,7 +461,7 @@ def test_error_bad_factor(factor, tmp_path, capsys, tiny):
         ('{"format": "tnedit.neurons/1"}', ".json", "'neurons'"),
         ("layer,index\n1,2\n3\n", ".csv", "row 2"),
         ("", ".csv", "empty"),
-        ("[[1, 2, \"nan\"]]", ".json", "factor"),
+        ('[[1, 2, "nan"]]', ".json", "factor"),
     ],
 )
 def test_error_malformed_neurons_file(content, suffix, needle, tmp_path, capsys, tiny):
@@ -460,7 +503,7 @@ def test_row_block_streaming_equals_one_block(name, tmp_path, capsys, monkeypatc
     assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "whole")], capsys)[0] == 0
     monkeypatch.setattr(checkpoint, "CHUNK", 200)  # 1-3 rows per block
     assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "blocks")], capsys)[0] == 0
-    assert dir_hashes(tmp_path / "whole") .keys() == dir_hashes(tmp_path / "blocks").keys()
+    assert dir_hashes(tmp_path / "whole").keys() == dir_hashes(tmp_path / "blocks").keys()
     for f in ("model.safetensors", "tnedit_revert.safetensors"):
         assert sha(tmp_path / "whole" / f) == sha(tmp_path / "blocks" / f), f
     assert run_cli(["revert", str(tmp_path / "blocks"), "-o", str(tmp_path / "back")], capsys)[0] == 0

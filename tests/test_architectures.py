@@ -11,8 +11,8 @@ import torch
 
 from tests.tiny import TINY_TYPES, load_tiny, make_tiny
 from tnedit.architectures import (
-    MOE_TYPES,
     ARCHITECTURES,
+    MOE_TYPES,
     UnknownArchitecture,
     architecture_for_config,
     decoder_layers,
@@ -26,8 +26,22 @@ from tnedit.architectures import (
 )
 from tnedit.checkpoint import open_checkpoint
 
-REQUIRED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "gpt2",
-            "gpt_neox", "bloom", "opt", "cohere"}
+REQUIRED = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "bloom",
+    "opt",
+    "cohere",
+}
 
 
 def test_required_types_are_registered():
@@ -88,8 +102,9 @@ def test_unknown_and_moe_types_fail_loudly():
     assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES)
 
 
-@pytest.mark.parametrize("verb", [None, "identify", "select", "compare", "apply", "revert", "inspect", "evaluate",
-                                  "push", "run"])
+@pytest.mark.parametrize(
+    "verb", [None, "identify", "select", "compare", "apply", "revert", "inspect", "evaluate", "push", "run"]
+)
 def test_help_does_not_import_torch(verb):
     args = ["--help"] if verb is None else [verb, "--help"]
     code = (

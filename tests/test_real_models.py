@@ -40,7 +40,9 @@ def _hooked(model, neurons, factor):
 
         return hook
 
-    return [resolve_module(layers[i], arch.out_proj).register_forward_pre_hook(make(idx)) for i, idx in by_layer.items()]
+    return [
+        resolve_module(layers[i], arch.out_proj).register_forward_pre_hook(make(idx)) for i, idx in by_layer.items()
+    ]
 
 
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])

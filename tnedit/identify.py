@@ -41,7 +41,8 @@ import torch
 from tnedit import __version__
 from tnedit.capture import LastTokenCapture, LastTokenStates, LoadedModel, encode_batches, load_model
 from tnedit.errors import CorpusError, InputError, NeuronSetError
-from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet
+from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet, round_half_up
+from tnedit.neurons import parse_layers as neurons_parse_layers
 
 TYPE1_FRACTION = 0.625
 SHARED_LANGUAGE = "en"
@@ -166,10 +167,6 @@ def _warn(settings: IdentifySettings | None, message: str) -> None:
 # --- layers and types ----------------------------------------------------------------------------
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
 def parse_types(value: int | str | Sequence[int]) -> list[int]:
     """``1``, ``2``, ``"both"`` (or ``"1,2"``) → the sorted list of neuron types."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -191,52 +188,16 @@ def parse_types(value: int | str | Sequence[int]) -> list[int]:
 
 def default_layers(neuron_type: int, num_layers: int) -> list[int]:
     """Type-1: the first round(0.625·L) layers (0–19 of 32); Type-2: the rest (20–31 of 32)."""
-    split = _round_half_up(TYPE1_FRACTION * num_layers)
+    split = round_half_up(TYPE1_FRACTION * num_layers)
     return list(range(split)) if neuron_type == 1 else list(range(split, num_layers))
 
 
 def parse_layers(spec: str | Sequence[int] | None, num_layers: int, where: str = "--layers") -> list[int] | None:
-    """``"0-11"``, ``"0,3,5-7"`` or ``"0.0:0.625"`` (fractions of the depth) → sorted layers.
-
-    A fraction range ``a:b`` means layers round(a·L) .. round(b·L) − 1 (half rounds up), so
-    ``0:0.625`` is the Type-1 default and ``0.625:1`` the Type-2 one. None stays None.
-    """
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        layers = sorted(set(int(x) for x in spec))
-    else:
-        text = spec.strip()
-        if not text:
-            raise InputError(f"{where}: empty layer specification")
-        if ":" in text:
-            parts = text.split(":")
-            try:
-                lo_f, hi_f = (float(p) for p in parts)
-            except ValueError:
-                raise InputError(f"{where}: '{spec}' is not a fraction range like 0.0:0.625") from None
-            if len(parts) != 2 or not 0.0 <= lo_f < hi_f <= 1.0:
-                raise InputError(f"{where}: fraction range '{spec}' must satisfy 0 <= start < end <= 1")
-            layers = list(range(_round_half_up(lo_f * num_layers), _round_half_up(hi_f * num_layers)))
-            if not layers:
-                raise InputError(f"{where}: '{spec}' selects no layer of a {num_layers}-layer model")
-        else:
-            found: set[int] = set()
-            for item in (p.strip() for p in text.split(",")):
-                m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
-                if not m:
-                    raise InputError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
-                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-                if hi < lo:
-                    raise InputError(f"{where}: range '{item}' runs backwards")
-                found.update(range(lo, hi + 1))
-            layers = sorted(found)
-    bad = [x for x in layers if not 0 <= x < num_layers]
-    if bad:
-        raise InputError(f"{where}: layer {bad[0]} is out of range (the model has layers 0..{num_layers - 1})")
-    if not layers:
-        raise InputError(f"{where}: no layers selected")
-    return layers
+    """:func:`tnedit.neurons.parse_layers`, raising :class:`InputError` for the identify API."""
+    try:
+        return neurons_parse_layers(spec, num_layers, where)
+    except NeuronFormatError as exc:
+        raise InputError(str(exc)) from None
 
 
 def candidate_layers(types: Sequence[int], num_layers: int, spec: str | Sequence[int] | None) -> dict[int, list[int]]:

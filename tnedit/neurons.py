@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -317,37 +318,63 @@ def merge_duplicates(neurons: Sequence[Neuron]) -> tuple[list[Neuron], list[tupl
     return list(seen.values()), dups
 
 
-def parse_layers(text: str, num_layers: int | None = None, where: str = "--layers") -> list[int]:
-    """``"0-11"``, ``"0,3,5-7"`` or a fraction range ``"0.0:0.625"`` (needs ``num_layers``).
+def round_half_up(x: float) -> int:
+    """0.5 rounds up (Python's round() would send 2.5 to 2): round(0.625·L) as the paper means it."""
+    return int(math.floor(x + 0.5))
 
-    A fraction range keeps layers ``round(a·L) .. round(b·L) - 1``, so ``0:0.625`` of 32 is 0–19.
+
+def parse_layers(
+    spec: str | Sequence[int] | None, num_layers: int | None = None, where: str = "--layers"
+) -> list[int] | None:
+    """``"0-11"``, ``"0,3,5-7"``, a list of ints, or ``"0.0:0.625"`` (fractions of the depth).
+
+    A fraction range ``a:b`` keeps layers round(a·L) .. round(b·L) − 1 (half rounds up), so
+    ``0:0.625`` of 32 layers is 0–19. Fractions need ``num_layers``; with it, every layer is
+    range-checked. None stays None.
     """
-    text = text.strip()
-    if ":" in text:
-        if num_layers is None:
-            raise NeuronFormatError(f"{where}: a fraction range needs the model's layer count")
-        lo_s, hi_s = text.split(":", 1)
-        try:
-            lo, hi = float(lo_s or 0.0), float(hi_s or 1.0)
-        except ValueError:
-            raise NeuronFormatError(f"{where}: expected FROM:TO fractions like 0.0:0.625, got {text!r}") from None
-        if not 0.0 <= lo < hi <= 1.0:
-            raise NeuronFormatError(f"{where}: fractions must satisfy 0 <= FROM < TO <= 1, got {text!r}")
-        layers = list(range(round(lo * num_layers), round(hi * num_layers)))
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        layers = sorted({int(x) for x in spec})
     else:
-        layers = []
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            bounds = part.split("-")
-            if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
-                raise NeuronFormatError(f"{where}: expected layers like 0-11 or 0,3,5-7, got {part!r}")
-            lo_i, hi_i = int(bounds[0]), int(bounds[-1])
-            if hi_i < lo_i:
-                raise NeuronFormatError(f"{where}: range {part!r} runs backwards")
-            layers.extend(range(lo_i, hi_i + 1))
+        text = spec.strip()
+        if not text:
+            raise NeuronFormatError(f"{where}: empty layer specification")
+        if ":" in text:
+            layers = _fraction_layers(text, num_layers, where)
+        else:
+            found: set[int] = set()
+            for item in (p.strip() for p in text.split(",")):
+                m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+                if not m:
+                    raise NeuronFormatError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
+                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                if hi < lo:
+                    raise NeuronFormatError(f"{where}: range '{item}' runs backwards")
+                found.update(range(lo, hi + 1))
+            layers = sorted(found)
+    if num_layers is not None:
+        bad = [x for x in layers if not 0 <= x < num_layers]
+        if bad:
+            raise NeuronFormatError(
+                f"{where}: layer {bad[0]} is out of range (the model has layers 0..{num_layers - 1})"
+            )
     if not layers:
-        raise NeuronFormatError(f"{where}: selects no layers ({text!r})")
-    if num_layers is not None and max(layers) >= num_layers:
-        raise NeuronFormatError(
-            f"{where}: layer {max(layers)} is out of range (the model has layers 0..{num_layers - 1})"
-        )
-    return sorted(set(layers))
+        raise NeuronFormatError(f"{where}: no layers selected")
+    return layers
+
+
+def _fraction_layers(text: str, num_layers: int | None, where: str) -> list[int]:
+    parts = text.split(":")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise NeuronFormatError(f"{where}: '{text}' is not a fraction range like 0.0:0.625") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise NeuronFormatError(f"{where}: fraction range '{text}' must satisfy 0 <= start < end <= 1")
+    if num_layers is None:
+        raise NeuronFormatError(f"{where}: a fraction range needs the model's layer count")
+    layers = list(range(round_half_up(lo * num_layers), round_half_up(hi * num_layers)))
+    if not layers:
+        raise NeuronFormatError(f"{where}: '{text}' selects no layer of a {num_layers}-layer model")
+    return layers

@@ -450,7 +450,8 @@ class RecipeRunner:
         ns = load_neurons(source)
         layers = None
         if edit.layers is not None:
-            layers = parse_layers(str(edit.layers), ns.model.num_layers if ns.model else None)
+            spec_layers = edit.layers if isinstance(edit.layers, list) else str(edit.layers)
+            layers = parse_layers(spec_layers, ns.model.num_layers if ns.model else None)
         spec = make_edit_spec(ns, edit.op, edit.factor, top_k=edit.top_k, layers=layers)
         result = apply_to_checkpoint(
             self.recipe.model.name,
