@@ -526,3 +526,14 @@ def test_evaluate_after_apply(tiny, baked, tmp_path):
     card = (edited / "README.md").read_text()
     assert "tnedit:evaluation:start" in card and "](evaluation/similarity.png)" in card
     assert {row["condition"] for row in result["headline"]} == {"original", "edited", "control"}
+
+
+def test_overlap_with_identify_rows_warns():
+    from tnedit.evaluate import Condition, EvaluateSettings, _overlap_warning, _Plan
+
+    plan = _Plan(Condition("edited", "hook"), None, None, {"method": {"data": {"source": "x.tsv", "n_pairs": 800}}})
+    info = {"source": "x.tsv", "rows": [0, 200]}
+    msg = _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n"), info)
+    assert msg and "--skip 800" in msg
+    assert _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n", skip=800), info) is None
+    assert _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n"), {**info, "source": "y.tsv"}) is None

@@ -482,15 +482,16 @@ class RecipeRunner:
         settings = EvaluateSettings(
             original=r.model.name,
             languages=langs,
-            edited=str(edit_dir),
+            # A baked checkpoint edits every position; the paper's last/prompt positions need the hook.
+            **self._edit_under_test(edit, edit_dir),
             control=ev.control,
-            positions=ev.positions,
             seed=ev.seed,
             data=r.data.resolve(source, langs[0]),
             skip=(r.data.identify_rows or 0) if held_out else 0,
             n_pairs=r.data.evaluate_rows,
             n_qa=ev.n_qa if "qa" in metrics else 0,
             n_gen=ev.n_gen if "generation" in metrics else 0,
+            **({} if "generation" in metrics else {"n_langid": 0}),
             dtype=r.model.dtype,
             device=r.model.device,
             revision=r.model.revision,
@@ -499,6 +500,18 @@ class RecipeRunner:
         write_report(report, report_dir, overwrite=True)
         update_card(report, edit_dir)
         return {"headline": report.data.get("headline")}
+
+    def _edit_under_test(self, edit: EditStep, edit_dir: Path) -> dict[str, Any]:
+        positions = self.recipe.evaluate.positions
+        if positions == "all":
+            return {"edited": str(edit_dir)}
+        return {
+            "neurons": str(self._neuron_file(edit)),
+            "op": edit.op,
+            "factor": edit.factor,
+            "top_k": edit.top_k,
+            "positions": positions,
+        }
 
     def _headline(self, name: str, report_dir: Path) -> list[dict[str, Any]]:
         path = report_dir / "report.json"
