@@ -35,7 +35,7 @@ from tnedit import metrics as M
 from tnedit import report as R
 from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
 from tnedit.errors import CheckpointError, InputError
-from tnedit.neurons import Neuron, NeuronSet, load_neurons
+from tnedit.neurons import Neuron, NeuronSet, format_layers, load_neurons
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -223,28 +223,16 @@ def _spec_sha256(spec: Any) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def _layers_text(layers: Sequence[int]) -> str:
-    layers = sorted(layers)
-    if layers and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}–{layers[-1]}"
-    return ",".join(str(x) for x in layers)
-
-
 def read_edited_provenance(edited: str, force: bool, warn: Callable[[str], None]) -> dict[str, Any] | None:
-    path = Path(edited) / PROVENANCE_NAME
-    if not path.is_file():
+    from tnedit.edit import read_provenance
+
+    if not (Path(edited) / PROVENANCE_NAME).is_file():
         msg = f"{edited}: no {PROVENANCE_NAME}; cannot check that it was derived from the original"
         if not force:
             raise CheckpointError(msg + " (pass --force to evaluate anyway)")
         warn(msg)
         return None
-    try:
-        prov = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(prov, dict) or prov.get("format") != "tnedit.provenance/1":
-        raise CheckpointError(f"{path}: key 'format' must be 'tnedit.provenance/1'")
-    return prov
+    return read_provenance(Path(edited))
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -726,7 +714,7 @@ def _control(s: EvaluateSettings, plan: _Plan, n_layers: int, width: int) -> tup
     picked = random_control(NeuronSet(list(spec.neurons)), n_layers, width, s.seed, layers=layers)
     ctl = make_edit_spec(picked, spec.op, spec.factor if spec.op == "scale" else None)
     positions = plan.edited.positions
-    info = {"kind": "random", "seed": s.seed, "layers": layers, "layers_text": _layers_text(layers),
+    info = {"kind": "random", "seed": s.seed, "layers": layers, "layers_text": format_layers(layers),
             "n_neurons": len(ctl.neurons), "positions": positions, "op": ctl.op, "factor": ctl.factor,
             "neurons_sha256": _spec_sha256(ctl), "neurons": [[n.layer, n.index] for n in ctl.neurons]}
     return Condition("control", "hook", ctl, positions, len(ctl.neurons)), info

@@ -41,7 +41,7 @@ import torch
 from tnedit import __version__
 from tnedit.capture import LastTokenCapture, LastTokenStates, LoadedModel, encode_batches, load_model
 from tnedit.errors import CorpusError, InputError, NeuronSetError
-from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet, round_half_up
+from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet, format_layers, round_half_up
 from tnedit.neurons import parse_layers as neurons_parse_layers
 
 TYPE1_FRACTION = 0.625
@@ -1017,7 +1017,7 @@ def select_from_scores(
         cand = sf.candidate_layers.get(neuron_type) or default_layers(neuron_type, num_layers)
     scores32 = sf.scores[neuron_type].astype(np.float32)
     n_cand = len(cand) * scores32.shape[1]
-    k_eff = _cap_k(k, n_cand, settings, f"type {neuron_type} in layers {_layers_text(cand)}")
+    k_eff = _cap_k(k, n_cand, settings, f"type {neuron_type} in layers {format_layers(cand)}")
     neurons = select_top(scores32, cand, k_eff)
     extra: dict[str, Any] = {
         "centroid": "shared (en+L2)/2" if neuron_type == 1 else "L2",
@@ -1043,20 +1043,6 @@ def select_from_scores(
         extra={**base.get("extra", {}), **extra},
     )
     return NeuronSet(neurons=neurons, model=sf.model, method=method)
-
-
-def _layers_text(layers: Sequence[int]) -> str:
-    """[0,1,2,5] → '0-2,5'."""
-    out: list[str] = []
-    layers = sorted(layers)
-    i = 0
-    while i < len(layers):
-        j = i
-        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
-            j += 1
-        out.append(str(layers[i]) if i == j else f"{layers[i]}-{layers[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 # --- the public passes ---------------------------------------------------------------------------
@@ -1313,7 +1299,7 @@ def random_control(
         free = np.flatnonzero(mask)
         if k > free.size:
             raise NeuronSetError(
-                f"random control: k={k} but only {free.size} neurons remain in layers {_layers_text(layers)} "
+                f"random control: k={k} but only {free.size} neurons remain in layers {format_layers(layers)} "
                 "after excluding the reference set"
             )
         chosen = rng.choice(free, size=k, replace=False)

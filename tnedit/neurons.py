@@ -364,6 +364,19 @@ def parse_layers(
     return layers
 
 
+def format_layers(layers: Iterable[int]) -> str:
+    """The inverse of :func:`parse_layers`: [0, 1, 2, 5] → '0-2,5'."""
+    ordered = sorted(set(layers))
+    runs: list[str] = []
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            runs.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return ",".join(runs)
+
+
 def _fraction_layers(text: str, num_layers: int | None, where: str) -> list[int]:
     parts = text.split(":")
     try:

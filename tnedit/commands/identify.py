@@ -82,6 +82,8 @@ def identify(model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: st
         checkpoint_every=checkpoint_every, resume=resume, quiet=quiet, seed=seed, output=out_dir,
         revision=revision, warn=warn,
     )
+    from tnedit.neurons import format_layers
+
     result = lib.identify(settings)
     lines = [f"identified {len(result.neuron_sets)} neuron set(s) in {result.seconds:.1f}s → {out_dir}"]
     for (language, t), ns in result.neuron_sets.items():
@@ -89,7 +91,7 @@ def identify(model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: st
         share = extra.get("eta2_share")
         eta = f"; η²>0.1 & p<.05: {share:.0%}" if isinstance(share, float) else ""
         file = result.set_files.get((language, t), "")
-        lines.append(f"  {language} type{t}: {len(ns)} neurons in layers {lib._layers_text(result.candidate_layers[t])}"
+        lines.append(f"  {language} type{t}: {len(ns)} neurons in layers {format_layers(result.candidate_layers[t])}"
                      f"{eta} → {file}")
         lines.append(f"    per layer: {_per_layer_text(ns.per_layer_counts())}")
     emit(result.summary(), as_json, "\n".join(lines))
