@@ -381,13 +381,16 @@ def _forward(
     ``reference`` KL is computed against such a cache.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from tnedit.capture import LastTokenCapture, encode_batches
 
     with LastTokenCapture(lm, ["h"]) as cap, _head_on_real_positions(lm) as head, torch.inference_mode():
         for lang, sentences in texts.items():
             batches = list(encode_batches(lm.tokenizer, sentences, s.batch_size, lm.device))
-            for bi, batch in enumerate(batches):
+            bar = tqdm(batches, desc=f"evaluate {lang} ({'+'.join(c.name for c in conds)})", unit="batch",
+                       disable=progress is None, leave=False)
+            for bi, batch in enumerate(bar):
                 ref = None
                 key = (lang, bi)
                 mask = batch.attention_mask.bool()
@@ -426,8 +429,6 @@ def _forward(
                     acc.kl[lang] += kl
                     acc.top1[lang] += int(agree)
                 del ref
-                if progress:
-                    progress(f"forward {lang}: batch {bi + 1}/{len(batches)} × {len(conds)} condition(s)")
             head["mask"] = None
 
 
@@ -463,7 +464,7 @@ class _LineDone:
 
 
 def generate(lm: Any, cond: Condition, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-             stop_at_newline: bool = False) -> list[str]:
+             stop_at_newline: bool = False, desc: str | None = None) -> list[str]:
     """Greedy continuations of ``prompts`` under ``cond`` (left-padded batches, edits per cond)."""
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
@@ -480,7 +481,9 @@ def generate(lm: Any, cond: Condition, prompts: Sequence[str], max_new_tokens: i
     kwargs: dict[str, Any] = {}
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False):
         rows = order[start : start + batch_size]
         ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device)
         if stop_at_newline:
@@ -499,13 +502,14 @@ def qa_prompt(lang: str, shots: Sequence[Any], question: str) -> str:
 
 
 def _run_generation(lm: Any, cond: Condition, texts: dict[str, list[str]], qa_sets: dict[str, Any],
-                    s: EvaluateSettings) -> dict[str, Any]:
+                    s: EvaluateSettings, show: bool = False) -> dict[str, Any]:
     """Continuations (samples + output-language share) and QA, each one batched generate call:
     on CPU a decoding step costs about one read of the LM head whatever the batch size."""
     out: dict[str, Any] = {"generations": {}, "output_language": {}, "qa": {}}
     n_prompts = max(s.n_gen, s.n_langid)
     prompts = [(lang, p) for lang, sentences in texts.items() for p in sentences[:n_prompts]]
-    outputs = generate(lm, cond, [p for _, p in prompts], s.max_new_tokens, s.gen_batch_size)
+    outputs = generate(lm, cond, [p for _, p in prompts], s.max_new_tokens, s.gen_batch_size,
+                       desc=f"generate ({cond.name})" if show else None)
     for lang in texts:
         mine = [(p, o) for (lg, p), o in zip(prompts, outputs, strict=True) if lg == lang]
         out["generations"][lang] = [{"prompt": p, "output": o} for p, o in mine[: s.n_gen]]
@@ -513,7 +517,7 @@ def _run_generation(lm: Any, cond: Condition, texts: dict[str, list[str]], qa_se
     qa_rows = [(lang, it, qa_prompt(lang, shots, it.question)) for lang, (shots, items) in qa_sets.items()
                for it in items]
     raw = generate(lm, cond, [p for _, _, p in qa_rows], s.qa_max_new_tokens, s.gen_batch_size,
-                   stop_at_newline=True)
+                   stop_at_newline=True, desc=f"QA ({cond.name})" if show else None)
     for lang in qa_sets:
         scored = []
         for (lg, it, _), text in zip(qa_rows, raw, strict=True):
@@ -804,7 +808,7 @@ def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = No
         _forward(lm, texts, first_pass, accs, s, cache=cache, progress=progress)
     for cond in first_pass:
         with timed("generate_s", f"generation and QA: {cond.name}"):
-            gens[cond.name] = _run_generation(lm, cond, texts, qa_sets, s)
+            gens[cond.name] = _run_generation(lm, cond, texts, qa_sets, s, show=progress is not None)
     original_info = {**asdict(lm.model_info()), "path": str(original_path), "dtype": str(lm.dtype),
                      "tokenizer": lm.tokenizer_facts()}
     device = str(lm.device)
@@ -819,7 +823,7 @@ def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = No
         with timed("forward_s"):
             _forward(lm, texts, [plan.edited], accs, s, reference=cache, progress=progress)
         with timed("generate_s", "generation and QA: edited"):
-            gens["edited"] = _run_generation(lm, plan.edited, texts, qa_sets, s)
+            gens["edited"] = _run_generation(lm, plan.edited, texts, qa_sets, s, show=progress is not None)
         edited_info = {"name_or_path": str(s.edited), "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype),
                        "tokenizer_check": plan.tokenizer_check}
         cache = None

@@ -496,7 +496,7 @@ class RecipeRunner:
             device=r.model.device,
             revision=r.model.revision,
         )
-        report = evaluate(settings, warn=self.warn)
+        report = evaluate(settings, warn=self.warn, progress=None if self.quiet else self.log)
         write_report(report, report_dir, overwrite=True)
         update_card(report, edit_dir)
         return {"headline": report.data.get("headline")}
