@@ -62,7 +62,26 @@ class IdentifyWarning(UserWarning):
 
 
 @dataclass
-class IdentifySettings:
+class PassSettings:
+    """What every pass over a model and a corpus needs: identify and LAPE share these."""
+
+    model: str
+    langs: Sequence[str] = ()
+    data: str | None = None
+    layers: str | Sequence[int] | None = None
+    batch_size: int = 16
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    max_length: int | None = None
+    limit: int | None = None
+    quiet: bool = False
+    output: str | os.PathLike[str] | None = None
+    revision: str | None = None
+
+
+@dataclass
+class IdentifySettings(PassSettings):
     """Everything one ``identify`` run needs. Mirrors the CLI options one to one.
 
     ``type``: 1, 2 or "both". ``layers``: None for the defaults (Type-1 = the first
@@ -73,24 +92,11 @@ class IdentifySettings:
     writes nothing.
     """
 
-    model: str
-    langs: Sequence[str] = ()
-    data: str | None = None
     type: int | str = 1
     k: int = 1000
-    layers: str | Sequence[int] | None = None
-    batch_size: int = 16
-    dtype: str = "auto"
-    device: str = "auto"
-    device_map: str | None = None
-    max_length: int | None = None
-    limit: int | None = None
     checkpoint_every: int | None = None
     resume: bool = False
-    quiet: bool = False
     seed: int = 0  # identify itself is deterministic; the seed is for controls built from the result
-    output: str | os.PathLike[str] | None = None
-    revision: str | None = None
     eta2: bool = True
     warn: Callable[[str], None] | None = None  # where warnings go; None → warnings.warn
 
@@ -1497,20 +1503,7 @@ def lape(
 
 
 @dataclass
-class LapeSettings:
-    model: str
-    langs: Sequence[str]
-    data: str | None = None
-    layers: str | Sequence[int] | None = None
-    batch_size: int = 16
-    dtype: str = "auto"
-    device: str = "auto"
-    device_map: str | None = None
-    max_length: int | None = None
-    limit: int | None = None
-    quiet: bool = False
-    output: str | os.PathLike[str] | None = None
-    revision: str | None = None
+class LapeSettings(PassSettings):
     top_rate: float = 0.01
     filter_rate: float = 0.95
     bar_rate: float = 0.95

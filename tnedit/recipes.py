@@ -380,6 +380,22 @@ class RecipeRunner:
 
     # --- steps ---
 
+    def _pass_settings(self, langs: list[str], data_lang: str) -> dict[str, Any]:
+        """The settings identify and LAPE share (tnedit.identify.PassSettings)."""
+        r = self.recipe
+        return dict(
+            model=r.model.name,
+            langs=langs,
+            data=r.data.resolve(r.data.source, data_lang),
+            layers=r.identify.layers,
+            limit=r.data.identify_rows,
+            batch_size=r.identify.batch_size,
+            dtype=r.model.dtype,
+            device=r.model.device,
+            revision=r.model.revision,
+            quiet=self.quiet,
+        )
+
     def _identify(self) -> dict[str, Any]:
         r = self.recipe
         directory = self.out / "identify"
@@ -388,19 +404,7 @@ class RecipeRunner:
             from tnedit.identify import LapeSettings, identify_lape
 
             langs = r.identify.lape_languages or ["en", *r.languages]
-            sets = identify_lape(
-                LapeSettings(
-                    model=r.model.name,
-                    langs=langs,
-                    data=r.data.resolve(r.data.source, r.languages[0]),
-                    limit=r.data.identify_rows,
-                    batch_size=r.identify.batch_size,
-                    dtype=r.model.dtype,
-                    device=r.model.device,
-                    revision=r.model.revision,
-                    quiet=self.quiet,
-                )
-            )
+            sets = identify_lape(LapeSettings(**self._pass_settings(langs, r.languages[0])))
             for lang, ns in sets.items():
                 ns.save(directory / f"neurons-{lang}-lape.json")
             return {"sets": {lang: len(ns) for lang, ns in sets.items()}}
@@ -410,25 +414,14 @@ class RecipeRunner:
         groups = [[lang] for lang in r.languages] if per_language else [list(r.languages)]
         summaries = []
         for langs in groups:
-            result = identify(
-                IdentifySettings(
-                    model=r.model.name,
-                    langs=langs,
-                    data=r.data.resolve(r.data.source, langs[0]),
-                    type=r.identify.type,
-                    k=r.identify.k,
-                    layers=r.identify.layers,
-                    batch_size=r.identify.batch_size,
-                    dtype=r.model.dtype,
-                    device=r.model.device,
-                    limit=r.data.identify_rows,
-                    quiet=self.quiet,
-                    output=directory,
-                    revision=r.model.revision,
-                    warn=self.warn,
-                )
+            settings = IdentifySettings(
+                **self._pass_settings(langs, langs[0]),
+                type=r.identify.type,
+                k=r.identify.k,
+                output=directory,
+                warn=self.warn,
             )
-            summaries.append(result.summary())
+            summaries.append(identify(settings).summary())
         return {"runs": summaries}
 
     def _neuron_file(self, edit: EditStep) -> Path:
