@@ -21,29 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def last_token_states(lm, texts, neurons=None, batch_size=16):
-    """[sentences, layers, hidden] raw decoder-layer outputs at the last token, float64, with
-    ``neurons`` (a NeuronSet or None) zeroed at the last token by down-projection pre-hooks."""
-    import torch
-
-    from tnedit.capture import LastTokenCapture, encode_batches
-    from tnedit.edit import RuntimeEdit, make_edit_spec
-
-    layers = list(range(lm.num_layers))
-    out = {}
-    with LastTokenCapture(lm, ["h"], layers) as cap:
-        for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device):
-            if neurons is not None:
-                with RuntimeEdit(lm.model, make_edit_spec(neurons), positions="last", arch=lm.arch) as ed:
-                    ed.set_attention_mask(batch.attention_mask)
-                    st = cap.run(batch)
-            else:
-                st = cap.run(batch)
-            for j, row in enumerate(batch.rows):
-                out[row] = torch.stack([st.h[layer][j].double() for layer in layers])
-    return torch.stack([out[i] for i in range(len(texts))])
-
-
 def per_layer_cosine(a, b):
     import torch
 
@@ -67,7 +44,7 @@ def main() -> None:
     import numpy as np
 
     from tnedit import identify as lib
-    from tnedit.capture import load_model
+    from tnedit.capture import last_token_states, load_model
     from tnedit.corpus import load_corpus
     from tnedit.neurons import load_neurons
 

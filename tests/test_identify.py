@@ -12,7 +12,7 @@ import torch
 from tests.tiny import TINY_TYPES, make_tiny
 from tnedit import identify as lib
 from tnedit.architectures import decoder_layers, resolve_module
-from tnedit.capture import load_model
+from tnedit.capture import last_token_states, load_model
 from tnedit.errors import InputError, TneditError
 from tnedit.neurons import Method, Neuron, NeuronSet, load_neurons
 
@@ -722,12 +722,12 @@ def test_real_gemma_type1_beats_random_control(tmp_path):
     res = lib.identify(settings(model=str(model_dir), type=1, k=100, batch_size=16), lm=lm, corpus=corpus)
     top = res.neuron_sets[("ja", 1)]
     ctrl = lib.random_control(top, lm.num_layers, lm.intermediate_size, seed=0)
-    en = last_states(lm, [r[0] for r in held], None)
+    en = last_token_states(lm, [r[0] for r in held])
     ja = [r[1].strip() for r in held]
     mid = list(range(lm.num_layers // 4, (3 * lm.num_layers) // 4))
 
     def mid_cosine(neurons):  # the edit acts on the Japanese side only, at the last token
-        cos = torch.nn.functional.cosine_similarity(en, last_states(lm, ja, neurons), dim=-1).mean(0)
+        cos = torch.nn.functional.cosine_similarity(en, last_token_states(lm, ja, neurons), dim=-1).mean(0)
         return float(cos[mid].mean())
 
     base, edited, control = mid_cosine(None), mid_cosine(top), mid_cosine(ctrl)
@@ -735,21 +735,3 @@ def test_real_gemma_type1_beats_random_control(tmp_path):
     assert base - edited > 0
 
 
-def last_states(lm, texts, neurons: NeuronSet | None) -> torch.Tensor:
-    """[sentences, layers, hidden] last-token layer outputs, ``neurons`` zeroed at the last token."""
-    from tnedit.capture import LastTokenCapture, encode_batches
-    from tnedit.edit import RuntimeEdit, make_edit_spec
-
-    layers = list(range(lm.num_layers))
-    out = {}
-    with LastTokenCapture(lm, ["h"], layers) as cap:
-        for batch in encode_batches(lm.tokenizer, texts, 16, lm.device):
-            if neurons is not None:
-                with RuntimeEdit(lm.model, make_edit_spec(neurons), positions="last", arch=lm.arch) as ed:
-                    ed.set_attention_mask(batch.attention_mask)
-                    st = cap.run(batch)
-            else:
-                st = cap.run(batch)
-            for j, row in enumerate(batch.rows):
-                out[row] = torch.stack([st.h[layer][j].double() for layer in layers])
-    return torch.stack([out[i] for i in range(len(texts))])

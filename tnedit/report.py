@@ -334,6 +334,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, out_dir: Path, name: str) -> str:
+    """Write one figure and free it: figures of earlier conditions must not pile up in memory."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def _gap(rep: dict[str, list[float]]) -> list[float]:
     return [a - b for a, b in zip(rep["cos_parallel"], rep["cos_nonparallel"], strict=True)]
 
@@ -377,9 +386,7 @@ def plot_curves(report: dict[str, Any], out_dir: Path) -> list[str]:
                 ax.legend(fontsize=8)
             axes[-1][col].set_xlabel("layer")
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(_save(fig, out_dir, name))
     return written
 
 
@@ -403,9 +410,7 @@ def plot_pca(report: dict[str, Any], out_dir: Path) -> list[str]:
         fig.suptitle(f"PCA of last-token states: {c}")
         fig.tight_layout()
         name = f"pca_{c}.png"
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(_save(fig, out_dir, name))
     return written
 
 
@@ -435,9 +440,7 @@ def plot_centroids(report: dict[str, Any], out_dir: Path) -> list[str]:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
         fig.suptitle(f"cosine between language centroids: {c}")
         name = f"centroids_{c}.png"
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(_save(fig, out_dir, name))
     return written
 
 
