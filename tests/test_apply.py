@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -158,6 +159,44 @@ def test_only_targeted_bytes_change(tie, sharded, dtype, tmp_path, capsys):
     for side in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (src / side).is_file():
             assert sha(src / side) == sha(out / side), side
+
+
+def _as_hub_cache(src: Path, cache: Path, commit: str = "c" * 40) -> Path:
+    """Lay ``src`` out as snapshot_download does: blobs named by SHA-256, linked from snapshots/<commit>/."""
+    blobs, snap = cache / "blobs", cache / "snapshots" / commit
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        digest = sha(f)
+        shutil.copyfile(f, blobs / digest)
+        (snap / f.name).symlink_to(Path("../..") / "blobs" / digest)
+    return snap
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_untouched_hub_blobs_are_copied_without_rehashing(link, tmp_path, capsys, monkeypatch):
+    from tnedit import checkpoint
+
+    src = _as_hub_cache(_shard(make_tiny("llama", tmp_path), tmp_path / "sharded", "20KB"), tmp_path / "hub")
+    index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    edited_file = index["model.layers.3.mlp.down_proj.weight"]
+    hashed: list[str] = []
+
+    def spy(real):
+        return lambda path, *args, **kwargs: hashed.append(path.name) or real(path, *args, **kwargs)
+
+    real_copy, real_sha = checkpoint.copy_with_patches, checkpoint.sha256_file
+    monkeypatch.setattr(checkpoint, "copy_with_patches", spy(real_copy))
+    monkeypatch.setattr(checkpoint, "sha256_file", spy(real_sha))
+    out = tmp_path / "edited"
+    args = ["apply", str(src), "--neurons", "3:5", "-o", str(out)] + (["--link"] if link else [])
+    assert run_cli(args, capsys)[0] == 0
+    weights = json.loads((out / "tnedit.json").read_text())["weights"]
+    assert len(weights) > 2 and not [f for f in hashed if f in weights], "untouched Hub blobs were re-hashed"
+    for f, entry in weights.items():
+        assert not (out / f).is_symlink()
+        assert entry["sha256"] == sha(out / f), f
+        assert (entry["sha256"] == sha(src / f)) == (f != edited_file), f
 
 
 def test_zero_is_positive_zero_and_pipeline_generates(tmp_path, capsys):

@@ -346,6 +346,24 @@ def test_last_position_hook_leaves_perplexity(tiny):
     assert edit["representation"]["ja"]["cos_parallel"] != orig["representation"]["ja"]["cos_parallel"]
 
 
+def test_layers_filter_equals_a_set_of_those_layers(tiny, tmp_path):
+    from tnedit.evaluate import evaluate
+    from tnedit.neurons import NeuronSet
+
+    _, model, neurons = tiny
+    only = _neurons()
+    only = NeuronSet([n for n in only.neurons if n.layer == 1], method=only.method)
+    only.save(tmp_path / "layer1.json")
+    quick = dict(n_qa=0, n_gen=0, n_langid=0, control="random")
+    filtered = evaluate(_settings(model, neurons=str(neurons), layers="1", **quick)).data
+    direct = evaluate(_settings(model, neurons=str(tmp_path / "layer1.json"), **quick)).data
+    assert filtered["edit"]["n_neurons"] == len(only.neurons)
+    assert filtered["edit"]["per_layer"] == {1: len(only.neurons)}
+    assert {layer for layer, _ in filtered["control"]["neurons"]} == {1}, "the control must come from the kept layers"
+    assert filtered["conditions"]["edited"]["representation"] == direct["conditions"]["edited"]["representation"]
+    assert filtered["conditions"]["edited"]["lm"] == direct["conditions"]["edited"]["lm"]
+
+
 # --- reports --------------------------------------------------------------------------------------
 
 
@@ -483,10 +501,19 @@ def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tnedit: error:") and "xx" in err and len(err.splitlines()) == 1
+    for flag in (["--positions", "last"], ["--layers", "0-1"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", str(model), str(model), *flag, "--lang", "ja", "-o", str(tmp_path / "r")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert flag[0] in err and "baked EDITED_DIR" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", str(model), str(model), "--positions", "last", "--lang", "ja", "-o", str(tmp_path / "r")])
+        main(["evaluate", str(model), "--neurons", str(neurons), "--layers", "9", "--lang", "ja",
+              "-o", str(tmp_path / "r")])
     assert exc.value.code == 2
-    assert "--positions" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--layers" in err and "9" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_forced_run_with_card(tiny, baked, tmp_path, capsys):

@@ -138,3 +138,24 @@ def test_runner_end_to_end_and_skips(tmp_path, capsys):
     assert [s["skipped"] for s in fourth["steps"]] == [True, True, False]
     forced = run("--set", "identify.k=6", "--set", "evaluate.seed=7", "--force")
     assert not any(s["skipped"] for s in forced["steps"])
+
+
+def test_hook_evaluation_keeps_the_edit_layers(tmp_path, capsys):
+    """positions=last evaluates through a hook, not the baked checkpoint; edits[].layers must reach it."""
+    from tnedit.cli import main
+
+    recipe = _tiny_recipe(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(recipe), "--quiet", "--set", "evaluate.positions=last", "--set", "edits.0.layers=0-1"])
+        raise SystemExit(0)
+    assert info.value.code in (0, None), capsys.readouterr().err
+    out = tmp_path / "run"
+    found = json.loads((out / "identify" / "neurons-ja-type1.json").read_text())["neurons"]
+    kept = [n for n in found if n["layer"] in (0, 1)]
+    assert kept and len(kept) < len(found), "the fixture should have neurons inside and outside layers 0-1"
+    edit = json.loads((out / "reports" / "ja-t1" / "report.json").read_text())["edit"]
+    assert edit["source"] == "hook" and edit["positions"] == "last"
+    assert edit["n_neurons"] == len(kept)
+    assert {int(layer) for layer in edit["per_layer"]} == {n["layer"] for n in kept}
+    baked = json.loads((out / "edits" / "ja-t1" / "tnedit.json").read_text())
+    assert sum(baked["edit"]["per_layer"].values()) == len(kept)

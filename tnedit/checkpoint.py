@@ -572,16 +572,39 @@ def _patch_tensor(
         os.pwrite(fo.fileno(), block, offset)
 
 
-def copy_plain(src: Path, dst: Path, link: bool = False) -> str:
-    """Copy (or hardlink) an untouched file; return its SHA-256, hashed while the kernel copies."""
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hub_blob_sha256(path: Path) -> str | None:
+    """The SHA-256 the Hub serves a cached file under, read from its blob's name; None if unknown.
+
+    snapshot_download stores each LFS file once as ``blobs/<sha256>`` and links it from
+    ``snapshots/<commit>/``, so for an untouched weight file the digest is known without reading it.
+    """
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    return target.name if target.parent.name == "blobs" and _SHA256_HEX.match(target.name) else None
+
+
+def copy_plain(src: Path, dst: Path, link: bool = False, known_sha256: str | None = None) -> str:
+    """Copy (or hardlink) an untouched file and return its SHA-256.
+
+    The digest is hashed while the kernel copies, unless the caller already knows it (a Hub blob),
+    in which case the file is only copied: hashing, not copying, is what costs time.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
-            os.link(src, dst)
-            return sha256_file(src)
+            os.link(src.resolve(), dst)  # link(2) would hardlink a Hub snapshot's symlink itself
+            return known_sha256 or sha256_file(src)
         except OSError:
             pass
-    return copy_with_patches(src, dst, {}, SafetensorsHeader(src, 0, {}, None)).output_sha256
+    if known_sha256 is None:
+        return copy_with_patches(src, dst, {}, SafetensorsHeader(src, 0, {}, None)).output_sha256
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        _copy_range(fi, fo, 0, os.fstat(fi.fileno()).st_size)
+    return known_sha256
 
 
 # --- atomic output ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ can restrict the same edit to chosen positions, which is what the paper's analys
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from tnedit.checkpoint import (
     check_output_dir,
     copy_plain,
     copy_with_patches,
+    hub_blob_sha256,
     open_checkpoint,
     read_header,
     read_tensor,
@@ -506,7 +508,7 @@ def _write_weight_files(
     link: bool,
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Copy or patch every weight file; two files at a time so hashing one overlaps copying another."""
+    """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -516,7 +518,7 @@ def _write_weight_files(
         dst.parent.mkdir(parents=True, exist_ok=True)
         edits = by_file.get(f)
         if not edits:
-            return f, copy_plain(src, dst, link=link)
+            return f, copy_plain(src, dst, link=link, known_sha256=hub_blob_sha256(src))
         patches = {name: SlicePatch(axis, e.indices, e.factors) for name, e in edits.items()}
         digest = copy_with_patches(src, dst, patches, ckpt.headers[f]).output_sha256
         originals.update({name: patch.original() for name, patch in patches.items()})
@@ -526,11 +528,17 @@ def _write_weight_files(
     order = sorted(ckpt.weight_files, key=lambda f: -sizes[f])  # largest first balances the workers
     digests: dict[str, str] = {}
     with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="apply", disable=not progress) as bar:
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=_file_workers(len(order))) as pool:
             for f, digest in pool.map(one, order):
                 digests[f] = digest
                 bar.update(sizes[f])
     return {f: {"sha256": digests[f], "edited_tensors": sorted(by_file.get(f, {}))} for f in ckpt.weight_files}
+
+
+def _file_workers(n_files: int) -> int:
+    """One file per core plus one: shards differ in size, and a spare file keeps every core hashing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_files, cores + 1))
 
 
 def _write_revert_file(

@@ -35,7 +35,7 @@ from tnedit import metrics as M
 from tnedit import report as R
 from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
 from tnedit.errors import CheckpointError, InputError
-from tnedit.neurons import Neuron, NeuronSet, format_layers, load_neurons
+from tnedit.neurons import Neuron, NeuronSet, format_layers, load_neurons, parse_layers
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -72,6 +72,7 @@ class EvaluateSettings:
     factor: float | None = None
     positions: str = "all"  # hook edits only: all | last | prompt
     top_k: int | None = None
+    layers: str | list[int] | None = None  # hook edits only: keep neurons in these layers ("0-11", "0.0:0.5")
     control: str | None = None  # None or "random"
     seed: int = 42
     data: str | None = None  # None = the built-in corpus
@@ -691,16 +692,20 @@ def _plan(s: EvaluateSettings, original_path: Path, texts: dict[str, list[str]],
         cond = Condition("edited", "baked", None, "all", len(spec.neurons) if spec else 0)
         return _Plan(cond, spec, layers, info, check)
     ns = s.neurons if isinstance(s.neurons, NeuronSet) else load_neurons(str(s.neurons))
+    ckpt = open_checkpoint(original_path)
     if ns.model is not None and ns.model.fingerprint:
-        fp = open_checkpoint(original_path).fingerprint()
+        fp = ckpt.fingerprint()
         if ns.model.fingerprint != fp:
             msg = f"{s.neurons}: the neuron set was made for another model (fingerprint {ns.model.fingerprint}, " \
                   f"ORIGINAL has {fp})"
             if not s.force:
                 raise InputError(msg + " (pass --force to evaluate anyway)")
             warn(msg)
-    spec = make_edit_spec(ns, s.op, s.factor if s.op == "scale" else None, top_k=s.top_k)
+    keep = parse_layers(s.layers, ckpt.num_layers) if s.layers is not None else None
+    spec = make_edit_spec(ns, s.op, s.factor if s.op == "scale" else None, top_k=s.top_k, layers=keep)
     layers = list(ns.method.layers) if ns.method and ns.method.layers else None
+    if layers is not None and keep is not None:  # the control draws from the same restricted layers
+        layers = [layer for layer in layers if layer in keep] or None
     info = _edit_info("hook", spec, s.positions, ns.sha256(), asdict(ns.method) if ns.method else None)
     return _Plan(Condition("edited", "hook", spec, s.positions, len(spec.neurons)), spec, layers, info)
 

@@ -263,6 +263,11 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 # --- running -------------------------------------------------------------------------------------
 
 
+def _layer_spec(layers: Any) -> str | list[int] | None:
+    """A recipe's ``layers`` as parse_layers takes it: a list stays a list, a YAML number becomes text."""
+    return layers if layers is None or isinstance(layers, list) else str(layers)
+
+
 def settings_hash(*parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -441,10 +446,7 @@ class RecipeRunner:
 
         source = self._neuron_file(edit)
         ns = load_neurons(source)
-        layers = None
-        if edit.layers is not None:
-            spec_layers = edit.layers if isinstance(edit.layers, list) else str(edit.layers)
-            layers = parse_layers(spec_layers, ns.model.num_layers if ns.model else None)
+        layers = parse_layers(_layer_spec(edit.layers), ns.model.num_layers if ns.model else None)
         spec = make_edit_spec(ns, edit.op, edit.factor, top_k=edit.top_k, layers=layers)
         result = apply_to_checkpoint(
             self.recipe.model.name,
@@ -503,6 +505,7 @@ class RecipeRunner:
             "op": edit.op,
             "factor": edit.factor,
             "top_k": edit.top_k,
+            "layers": _layer_spec(edit.layers),
             "positions": positions,
         }
 

@@ -24,6 +24,7 @@ from tnedit.commands.common import emit, json_option, quiet_option, warn
 @click.option("--positions", type=click.Choice(["all", "last", "prompt"]), default=None,
               help="Hook positions: all = the baked edit; last / prompt = the paper's deactivation. [default: all]")
 @click.option("--top-k", type=int, help="Use only the first K neurons of the set.  [hook only]")
+@click.option("--layers", help="Use only neurons in these layers: 0-11, 0,3,5-7 or 0.0:0.5.  [hook only]")
 @click.option("--control", type=click.Choice(["random", "none"]), default="none",
               help="Add a random-neuron control: same count, same candidate layers, excluding the set.")
 @click.option("--seed", type=int, default=42, help="Seed of the control and of the non-parallel shuffle.")
@@ -50,7 +51,7 @@ from tnedit.commands.common import emit, json_option, quiet_option, warn
               help="Also put the headline table into DIR/README.md (an edited checkpoint's model card).")
 @quiet_option
 @json_option
-def evaluate(original, edited, neurons_file, languages, out, op, factor, positions, top_k, control, seed, data,
+def evaluate(original, edited, neurons_file, languages, out, op, factor, positions, top_k, layers, control, seed, data,
              skip, n_pairs, qa_file, n_qa, qa_shots, n_gen, n_langid, max_new_tokens, qa_max_new_tokens, kl_top_k,
              batch_size, gen_batch_size, dtype, device, revision, force, overwrite, card_dir, quiet, as_json):
     """Compare ORIGINAL with EDITED (a baked checkpoint dir) or with --neurons applied as a hook.
@@ -70,8 +71,11 @@ def evaluate(original, edited, neurons_file, languages, out, op, factor, positio
     from tnedit.evaluate import EvaluateSettings, update_card, write_report
     from tnedit.evaluate import evaluate as run_evaluation
 
-    if edited and (op or factor is not None or top_k is not None or positions not in (None, "all")):
-        raise InputError("--op, --factor, --top-k and --positions apply to --neurons hooks, not to a baked EDITED_DIR")
+    hook_only = op or factor is not None or top_k is not None or layers is not None or positions not in (None, "all")
+    if edited and hook_only:
+        raise InputError(
+            "--op, --factor, --top-k, --layers and --positions apply to --neurons hooks, not to a baked EDITED_DIR"
+        )
     out_path = Path(out)
     if out_path.exists() and not overwrite:
         raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
@@ -84,6 +88,7 @@ def evaluate(original, edited, neurons_file, languages, out, op, factor, positio
         factor=factor,
         positions=positions or "all",
         top_k=top_k,
+        layers=layers,
         control=None if control == "none" else control,
         seed=seed,
         data=data,
