@@ -270,6 +270,25 @@ def intermediate_size(config: Mapping[str, Any], arch: Architecture) -> int:
     raise UnknownArchitecture(f"config has none of {list(arch.intermediate_keys)} for the intermediate size")
 
 
+class ConfigShape:
+    """Layer count and widths read through the registry, for any object with ``config`` and ``arch``."""
+
+    config: Mapping[str, Any]
+    arch: Architecture
+
+    @property
+    def num_layers(self) -> int:
+        return num_layers(self.config, self.arch)
+
+    @property
+    def intermediate_size(self) -> int:
+        return intermediate_size(self.config, self.arch)
+
+    @property
+    def hidden_size(self) -> int:
+        return hidden_size(self.config, self.arch)
+
+
 def out_proj_key(prefix: str, layer: int, arch: Architecture) -> str:
     return f"{prefix}.{layer}.{arch.out_proj_weight}"
 

@@ -13,11 +13,9 @@ import torch
 
 from tnedit.architectures import (
     Architecture,
+    ConfigShape,
     architecture_for_config,
     decoder_layers,
-    hidden_size,
-    intermediate_size,
-    num_layers,
     resolve_module,
 )
 from tnedit.checkpoint import read_config, resolve_source
@@ -58,7 +56,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(ConfigShape):
     """A causal LM plus the registry facts and tokenizer needed to read its neurons."""
 
     model: Any
@@ -71,18 +69,6 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self.layers = decoder_layers(self.model, self.arch)
-
-    @property
-    def num_layers(self) -> int:
-        return num_layers(self.config, self.arch)
-
-    @property
-    def intermediate_size(self) -> int:
-        return intermediate_size(self.config, self.arch)
-
-    @property
-    def hidden_size(self) -> int:
-        return hidden_size(self.config, self.arch)
 
     @property
     def device(self) -> torch.device:

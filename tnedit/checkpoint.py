@@ -23,12 +23,10 @@ from typing import Any
 
 from tnedit.architectures import (
     Architecture,
+    ConfigShape,
     UnknownArchitecture,
     architecture_for_config,
     find_layer_prefix,
-    hidden_size,
-    intermediate_size,
-    num_layers,
     out_proj_key,
 )
 from tnedit.errors import CheckpointError, InputError, UnsupportedArchitectureError
@@ -208,7 +206,7 @@ def write_safetensors(path: Path, tensors: Mapping[str, tuple[Any, str]], metada
 
 
 @dataclass
-class Checkpoint:
+class Checkpoint(ConfigShape):
     path: Path
     config: dict[str, Any]
     arch: Architecture
@@ -227,14 +225,6 @@ class Checkpoint:
     @property
     def model_type(self) -> str:
         return str(self.config["model_type"])
-
-    @property
-    def num_layers(self) -> int:
-        return num_layers(self.config, self.arch)
-
-    @property
-    def intermediate_size(self) -> int:
-        return intermediate_size(self.config, self.arch)
 
     def out_proj_name(self, layer: int) -> str:
         return out_proj_key(self.layer_prefix, layer, self.arch)
@@ -357,7 +347,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def _check_out_proj(ckpt: Checkpoint) -> None:
     try:
-        hidden, inter, layers = hidden_size(ckpt.config, ckpt.arch), ckpt.intermediate_size, ckpt.num_layers
+        hidden, inter, layers = ckpt.hidden_size, ckpt.intermediate_size, ckpt.num_layers
     except UnknownArchitecture as exc:
         raise CheckpointError(f"{ckpt.path / 'config.json'}: {exc}") from None
     expected = (hidden, inter) if ckpt.arch.layout == "linear" else (inter, hidden)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tnedit import package_versions
 from tnedit.architectures import Architecture, get_architecture, neuron_axis, resolve_module
 from tnedit.checkpoint import (
     CARD_NAME,
@@ -367,18 +368,6 @@ class ApplyResult:
     spec: EditSpec
 
 
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for pkg in ("tnedit", "torch", "transformers", "safetensors", "huggingface-hub", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _patches_by_file(ckpt: Checkpoint, spec: EditSpec) -> dict[str, dict[str, LayerEdit]]:
     by_file: dict[str, dict[str, LayerEdit]] = defaultdict(dict)
     for edit in spec.by_layer():
@@ -606,7 +595,7 @@ def _provenance(
             "neurons": [[n.layer, n.index, spec.factor_of(n)] for n in spec.neurons],
             "semantics": SEMANTICS_NOTE,
         },
-        "versions": _versions(),
+        "versions": package_versions(),
         "weights": weights,
         "revert_file": REVERT_NAME,
         "previous_provenance": json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else None,

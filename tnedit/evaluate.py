@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tnedit import metrics as M
+from tnedit import package_versions
 from tnedit import report as R
 from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
 from tnedit.errors import CheckpointError, InputError
@@ -623,22 +623,6 @@ def _headline(data: dict[str, Any], s: EvaluateSettings) -> list[dict[str, Any]]
     return rows
 
 
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import tnedit
-
-    return {
-        "tnedit": tnedit.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def _edit_from_provenance(prov: dict[str, Any]) -> tuple[Any, list[int] | None]:
     from tnedit.edit import make_edit_spec
 
@@ -839,7 +823,7 @@ def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = No
     data: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": _versions(),
+        "versions": package_versions(),
         "settings": s.to_dict(),
         "models": {"original": original_info, "edited": edited_info},
         "edit": plan.edit_info,
