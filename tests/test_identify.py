@@ -11,6 +11,7 @@ import torch
 
 from tests.tiny import TINY_TYPES, make_tiny
 from tnedit import identify as lib
+from tnedit import stats
 from tnedit.architectures import decoder_layers, resolve_module
 from tnedit.capture import last_token_states, load_model
 from tnedit.errors import InputError, TneditError
@@ -519,29 +520,29 @@ def test_eta_squared_by_hand():
     vals = np.array([1.0, 2, 3, 4, 5, 6])
     labels = [0, 0, 0, 1, 1, 1]
     # SS_total = 17.5, SS_between = 3(2 − 3.5)² + 3(5 − 3.5)² = 13.5
-    assert float(lib.eta_squared(vals, labels)) == pytest.approx(13.5 / 17.5)
-    sums = lib.eta_squared_from_sums(np.array([6.0]), np.array([14.0]), 3, np.array([15.0]), np.array([77.0]), 3)
+    assert float(stats.eta_squared(vals, labels)) == pytest.approx(13.5 / 17.5)
+    sums = stats.eta_squared_from_sums(np.array([6.0]), np.array([14.0]), 3, np.array([15.0]), np.array([77.0]), 3)
     assert sums[0] == pytest.approx(13.5 / 17.5)
     # F = 13.5 / (4 / 4) = 13.5 on (1, 4) degrees of freedom
-    p_own = lib.f_test_pvalue(13.5 / 17.5, 6, use_scipy=False)
+    p_own = stats.f_test_pvalue(13.5 / 17.5, 6, use_scipy=False)
     assert float(p_own) == pytest.approx(0.021312, abs=1e-5)
 
 
 def test_pvalue_own_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    scipy_stats = pytest.importorskip("scipy.stats")
     special = pytest.importorskip("scipy.special")
     rng = np.random.default_rng(0)
     eta = np.concatenate([rng.uniform(0, 1, 200), [0.0, 1e-9, 0.5, 0.999999, 1.0]])
     for n in (5, 24, 1000, 2000):
-        own = lib.f_test_pvalue(eta, n, use_scipy=False)
+        own = stats.f_test_pvalue(eta, n, use_scipy=False)
         with np.errstate(divide="ignore"):
             f = eta / ((1 - eta) / (n - 2))
-        ref = stats.f.sf(f, 1, n - 2)
+        ref = scipy_stats.f.sf(f, 1, n - 2)
         np.testing.assert_allclose(own, ref, rtol=1e-8, atol=1e-14)
-        np.testing.assert_allclose(lib.f_test_pvalue(eta, n), ref, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(stats.f_test_pvalue(eta, n), ref, rtol=1e-12, atol=1e-15)
     for a, b in [(0.5, 2.0), (3.0, 0.5), (50.0, 0.5)]:
         x = np.linspace(0, 1, 41)
-        np.testing.assert_allclose(lib.betainc_regularized(a, b, x), special.betainc(a, b, x),
+        np.testing.assert_allclose(stats.betainc_regularized(a, b, x), special.betainc(a, b, x),
                                    rtol=1e-9, atol=1e-13)
 
 
@@ -550,11 +551,11 @@ def test_eta2_in_identify_equals_hand(models):
     res = lib.identify(settings(type=1, k=15), lm=lm, corpus=CORPUS)
     acts = np.stack([independent_states(lm, s)["a"][1].numpy() for s in EN + JA])
     labels = [0] * len(EN) + [1] * len(JA)
-    expected = lib.eta_squared(acts, labels)
+    expected = stats.eta_squared(acts, labels)
     np.testing.assert_allclose(res.stats["ja"].eta2[1], expected, atol=1e-6)
     ns = res.neuron_sets[("ja", 1)]
     per = np.array([res.stats["ja"].eta2[n.layer, n.index] for n in ns.neurons])
-    p = lib.f_test_pvalue(per, 24)
+    p = stats.f_test_pvalue(per, 24)
     assert ns.method.extra["eta2_share"] == pytest.approx(float(np.mean((per > 0.1) & (p < 0.05))), abs=1e-6)
 
 

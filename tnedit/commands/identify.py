@@ -27,7 +27,8 @@ def _per_layer_text(counts: dict[int, int]) -> str:
 @click.option("--limit", type=int, default=None, help="Use only the first N pairs.")
 @click.option("--type", "neuron_type", type=click.Choice(["1", "2", "both"]), default="1", show_default=True,
               help="Type-1 (toward the shared space) or Type-2 (toward the L2 space) transfer neurons.")
-@click.option("-k", "--k", "k", type=int, default=1000, show_default=True, help="Neurons to keep per language and type.")
+@click.option("-k", "--k", "k", type=int, default=1000, show_default=True,
+              help="Neurons to keep per language and type.")
 @click.option("--layers", default=None, help="Candidate layers: 0-11, 0,3,5-7 or fractions 0.0:0.625. "
               "Default: Type-1 the first 62.5%, Type-2 the rest.")
 @click.option("--method", type=click.Choice(["transfer", "lape"]), default="transfer", show_default=True)
