@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tnedit.checkpoint import available_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("TNEDIT_BENCH_CACHE", ROOT / ".cache" / "bench"))
 # TinyLlama-1.1B shape: 22 layers, hidden 2048, intermediate 5632, vocab 32000 → 2.2 GB in bf16.
@@ -127,15 +129,14 @@ def timed(cmd: list[str]) -> Timing:
     return Timing(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
-# SHA-256 of every shard, one thread per core: the hashing that provenance obliges apply to do.
+# SHA-256 of every shard, one file per core at a time: the hashing that provenance obliges apply to do.
 HASH_ONLY = """
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from tnedit.checkpoint import sha256_file
-files = [Path(f) for f in sys.argv[2:]]
-with ThreadPoolExecutor(int(sys.argv[1])) as pool:
-    list(pool.map(sha256_file, files))
+
+from tnedit.checkpoint import available_cores
+from tnedit.checkpoint import sha256_files
+sha256_files([Path(f) for f in sys.argv[1:]])
 """
 
 
@@ -171,7 +172,7 @@ def main() -> None:
     subprocess.run(["cat", *map(str, src.glob("*"))], stdout=subprocess.DEVNULL, check=True)  # warm the cache
 
     baseline = timed([sys.executable, "-c", "import tnedit.commands.apply, tnedit.edit, safetensors.numpy, tqdm"])
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     shards = sorted(map(str, src.glob("*.safetensors")))
     ratios, hash_ratios, rss = [], [], []
     commands = {
@@ -187,7 +188,7 @@ def main() -> None:
             got[name] = timed(commands[name])
             shutil.rmtree(work / "out")
         copy, apply = got["copy"], got["apply"]
-        hashing = timed([sys.executable, "-c", HASH_ONLY, str(cores), *shards])
+        hashing = timed([sys.executable, "-c", HASH_ONLY, *shards])
         ratios.append(apply.wall_s / copy.wall_s)
         hash_ratios.append(hashing.wall_s / copy.wall_s)
         rss.append(apply.peak_rss_mb)

@@ -553,3 +553,17 @@ def test_row_block_streaming_equals_one_block(name, tmp_path, capsys, monkeypatc
     revert = load_file(str(tmp_path / "blocks" / "tnedit_revert.safetensors"))
     key = next(k for k in revert if k.endswith("::original"))
     assert revert[key].dtype == torch.bfloat16
+
+
+def test_sha256_files_match_hashlib_and_report_progress(tmp_path):
+    from tnedit.checkpoint import CHUNK, sha256_files
+
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, CHUNK - 1, CHUNK, 2 * CHUNK + 12345]
+    paths = []
+    for i, n in enumerate(sizes):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+    seen: list[int] = []
+    assert sha256_files(paths, seen.append) == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert sum(seen) == sum(sizes)

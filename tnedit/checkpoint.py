@@ -15,7 +15,7 @@ import re
 import shutil
 import struct
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,13 +491,27 @@ def _copy_range(fi: Any, fo: Any, begin: int, end: int) -> None:
         begin += n
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, progress: Callable[[int], Any] | None = None) -> str:
     """SHA-256 read through a mapping: no copy into user memory, which hashes about 12 % faster."""
     sha = hashlib.sha256()
     with open(path, "rb") as fh, _map_readonly(fh) as mapped:
         for chunk in mapped.chunks(0, len(mapped)):
             sha.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return sha.hexdigest()
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def sha256_files(paths: Sequence[Path], progress: Callable[[int], Any] | None = None) -> list[str]:
+    """SHA-256 of several files, as many at a time as there are cores: one file's digest is sequential."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(len(paths), available_cores()))) as pool:
+        return list(pool.map(lambda path: sha256_file(path, progress), paths))
 
 
 # Patches a block of whole rows [row0, row1) of a 2-D tensor in place.

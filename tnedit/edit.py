@@ -9,7 +9,6 @@ can restrict the same edit to chosen positions, which is what the paper's analys
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from tnedit.checkpoint import (
     TensorInfo,
     TensorPatch,
     atomic_directory,
+    available_cores,
     check_output_dir,
     copy_plain,
     copy_with_patches,
@@ -526,8 +526,7 @@ def _write_weight_files(
 
 def _file_workers(n_files: int) -> int:
     """One file per core plus one: shards differ in size, and a spare file keeps every core hashing."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(n_files, cores + 1))
+    return max(1, min(n_files, available_cores() + 1))
 
 
 def _write_revert_file(

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnedit.checkpoint import CARD_NAME, CHUNK, PROVENANCE_NAME, REVERT_NAME, read_header
+from tnedit.checkpoint import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, read_header, sha256_files
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
 
 Log = Callable[[str], None]
@@ -74,16 +74,6 @@ class PreparedDir:
 
 
 # --- local validation ---------------------------------------------------------------------------
-
-
-def _sha256(path: Path, bar: Any = None) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return sha.hexdigest()
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -230,10 +220,8 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     if REVERT_NAME not in files:
         notes.append(f"{REVERT_NAME} is missing: the pushed checkpoint cannot be reverted with `tnedit revert`")
     total = sum((path / f).stat().st_size for f in files)
-    sha256: dict[str, str] = {}
     with tqdm(total=total, unit="B", unit_scale=True, desc="checksum", disable=not progress) as bar:
-        for f in files:
-            sha256[f] = _sha256(path / f, bar)
+        sha256 = dict(zip(files, sha256_files([path / f for f in files], bar.update), strict=True))
     for name, entry in weights.items():
         if sha256[name] != entry["sha256"]:
             raise CheckpointError(
