@@ -556,7 +556,8 @@ def test_evaluate_after_apply(tiny, baked, tmp_path):
 
 
 def test_overlap_with_identify_rows_warns():
-    from tnedit.evaluate import Condition, EvaluateSettings, _overlap_warning, _Plan
+    from tnedit.conditions import Condition
+    from tnedit.evaluate import EvaluateSettings, _overlap_warning, _Plan
 
     plan = _Plan(Condition("edited", "hook"), None, None, {"method": {"data": {"source": "x.tsv", "n_pairs": 800}}})
     info = {"source": "x.tsv", "rows": [0, 200]}
