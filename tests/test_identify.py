@@ -11,7 +11,7 @@ import torch
 
 from tests.tiny import TINY_TYPES, make_tiny
 from tnedit import identify as lib
-from tnedit import stats
+from tnedit import lape, stats
 from tnedit.architectures import decoder_layers, resolve_module
 from tnedit.capture import last_token_states, load_model
 from tnedit.errors import InputError, TneditError
@@ -470,7 +470,7 @@ def test_lape_on_toy_probabilities():
         [[0.2, 0.95], [0.6, 0.7], [0.8, 0.85]],
     ])
     # 75% quantile, torch.kthvalue style: k = round(12 * .75) = 9 → 9th smallest = 0.8
-    sel = lib.lape(p, ["en", "ja"], top_rate=2 / 6, filter_rate=0.75, bar_rate=0.75)
+    sel = lape.lape(p, ["en", "ja"], top_rate=2 / 6, filter_rate=0.75, bar_rate=0.75)
     assert sel.filter_value == 0.8 and sel.bar_value == 0.8
 
     def h(x):
@@ -483,14 +483,14 @@ def test_lape_on_toy_probabilities():
     assert [n.key for n in sel.neurons["en"]] == [(0, 0)]
     assert [n.key for n in sel.neurons["ja"]] == [(1, 0)]
     assert sel.neurons["ja"][0].score == pytest.approx(h([0.2, 0.95]))
-    wider = lib.lape(p, ["en", "ja"], layers=[4, 7], top_rate=0.5, filter_rate=0.75, bar_rate=0.75)
+    wider = lape.lape(p, ["en", "ja"], layers=[4, 7], top_rate=0.5, filter_rate=0.75, bar_rate=0.75)
     assert [n.key for n in wider.neurons["ja"]] == [(7, 0), (7, 2)]  # 0.85 > 0.8; en's 0.8 is not
     assert [n.key for n in wider.neurons["en"]] == [(4, 0)]
 
 
 def test_activation_probabilities_count_real_tokens(models):
     _, lm = models("llama")
-    probs, tokens = lib.activation_probabilities(lm, {"en": EN[:5], "ja": JA[:5]}, [1], batch_size=3)
+    probs, tokens = lape.activation_probabilities(lm, {"en": EN[:5], "ja": JA[:5]}, [1], batch_size=3)
     acts = []
     act_mod = lm.layer_module(1, lm.arch.act)
     hook = act_mod.register_forward_hook(lambda m, a, o: acts.append(o[0]))

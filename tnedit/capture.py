@@ -344,3 +344,36 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], neurons: Any = None
             for j, row in enumerate(batch.rows):
                 out[row] = torch.stack([states.h[layer][j].double() for layer in layers])
     return torch.stack([out[i] for i in range(len(texts))])
+
+
+# --- batches and progress ----------------------------------------------------------------------
+
+
+def stat_device(device: torch.device) -> torch.device:
+    """Where running fp64 statistics of tensors on ``device`` are kept."""
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, quiet: bool, initial: int = 0) -> Any:
+    """A tqdm bar over batches, or an object with the same two methods that shows nothing."""
+    if quiet:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

@@ -1,4 +1,4 @@
-"""Finding transfer neurons (Tezuka & Inoue, EMNLP 2025), plus random controls, LAPE and overlap.
+"""Finding transfer neurons (Tezuka & Inoue, EMNLP 2025), plus random controls and overlap.
 
 The pipeline for one target language L2 (English is the shared language), all at the last token:
 
@@ -38,7 +38,17 @@ import numpy as np
 import torch
 
 from tnedit import __version__
-from tnedit.capture import LastTokenCapture, LastTokenStates, LoadedModel, encode_batches, load_model
+from tnedit.capture import (
+    LastTokenCapture,
+    LastTokenStates,
+    LoadedModel,
+    dtype_name,
+    encode_batches,
+    load_model,
+    num_batches,
+    progress_bar,
+    stat_device,
+)
 from tnedit.errors import CorpusError, InputError, NeuronSetError
 from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet, format_layers, round_half_up
 from tnedit.neurons import parse_layers as neurons_parse_layers
@@ -260,10 +270,6 @@ def _cap_k(k: int, n_candidates: int, settings: IdentifySettings | None, what: s
 # --- the efficient score -------------------------------------------------------------------------
 
 
-def _stat_device(device: torch.device) -> torch.device:
-    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
-
-
 _MM_OUT_DTYPE_OK: dict[str, bool] = {}
 
 
@@ -320,7 +326,7 @@ class LayerScorer:
     def __init__(self, lm: LoadedModel, layer: int, centroids: Mapping[int, torch.Tensor]):
         weight = lm.out_proj(layer).weight.detach()
         self.v = weight if lm.arch.layout == "linear" else weight.t()  # (d, m): column i is v_i
-        self.device = _stat_device(weight.device)
+        self.device = stat_device(weight.device)
         self.c = {t: c.to(self.device, torch.float64) for t, c in centroids.items()}
         self.c_norm = {t: c.norm() for t, c in self.c.items()}
         self.out_norm = lm.arch.out_norm is not None
@@ -437,7 +443,7 @@ class _Sums:
 def _zeros(lm: LoadedModel, layers: Sequence[int], width: int) -> list[torch.Tensor]:
     out = []
     for layer in layers:
-        dev = _stat_device(lm.out_proj(layer).weight.device)
+        dev = stat_device(lm.out_proj(layer).weight.device)
         out.append(torch.zeros(width, dtype=torch.float64, device=dev))
     return out
 
@@ -570,10 +576,6 @@ class ScorePass(_Pass):
         }
 
 
-def _num_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size
-
-
 class _Runner:
     """Runs passes batch by batch with optional periodic checkpoints and a per-batch callback."""
 
@@ -599,8 +601,8 @@ class _Runner:
         if ck is not None and ck.current == p.name and ck.batches_done:
             p.load(ck.tensors)
             start = ck.batches_done
-        total = _num_batches(len(p.texts), self.batch_size)
-        bar = _progress(total, p.name, self.quiet, initial=start)
+        total = num_batches(len(p.texts), self.batch_size)
+        bar = progress_bar(total, p.name, self.quiet, initial=start)
         try:
             batches = encode_batches(self.lm.tokenizer, p.texts, self.batch_size, self.lm.device, self.max_length)
             with LastTokenCapture(self.lm, p.want, p.layers) as cap:
@@ -619,22 +621,6 @@ class _Runner:
             bar.close()
         if ck is not None:
             ck.finish(p, persist=bool(self.checkpoint_every))
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, quiet: bool, initial: int = 0) -> Any:
-    if quiet:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, initial=initial, unit="batch", leave=False, dynamic_ncols=True)
 
 
 # --- resumable checkpoints -----------------------------------------------------------------------
@@ -780,10 +766,6 @@ def default_languages(settings: IdentifySettings) -> list[str]:
 def default_output_dir(model: str) -> Path:
     name = Path(str(model).rstrip("/")).name or "model"
     return Path("tnedit-identify") / name
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -982,7 +964,7 @@ def _settings_key(
         "types": list(types),
         "batch_size": settings.batch_size,
         "max_length": settings.max_length,
-        "dtype": _dtype_name(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "eta2": bool(settings.eta2),
         "tnedit_version": __version__,
     }
@@ -1083,7 +1065,7 @@ def identify(
     # selection and outputs
     method_base = {
         "data": {"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None)},
-        "dtype": _dtype_name(lm.dtype),
+        "dtype": dtype_name(lm.dtype),
         "tokenizer": lm.tokenizer_facts(),
         "extra": {"batch_size": settings.batch_size, "max_length": settings.max_length},
     }
@@ -1214,212 +1196,6 @@ def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | 
     raise InputError(
         f"{model}: not a local model directory, and the --like file has no 'model' block to read the shape from"
     )
-
-
-# --- LAPE ----------------------------------------------------------------------------------------
-
-
-class _ActCounter:
-    """Hooks counting, per neuron, the real tokens where the act module's output is > 0."""
-
-    def __init__(self, lm: LoadedModel, layers: Sequence[int]):
-        self.lm = lm
-        self.layers = list(layers)
-        self.counts = {
-            layer: torch.zeros(lm.intermediate_size, dtype=torch.float64,
-                               device=_stat_device(lm.out_proj(layer).weight.device))
-            for layer in self.layers
-        }
-        self.valid: torch.Tensor | None = None
-        self._handles: list[Any] = []
-        mods = [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
-        if len({id(m) for m in mods}) != len(mods):
-            raise InputError(f"{lm.arch.name}: the activation module '{lm.arch.act}' is shared between layers; "
-                             "LAPE cannot tell the layers apart")
-        self.modules = mods
-
-    def __enter__(self) -> _ActCounter:
-        for layer, mod in zip(self.layers, self.modules, strict=True):
-            self._handles.append(mod.register_forward_hook(self._hook(layer)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _hook(self, layer: int) -> Any:
-        def hook(_module: Any, _args: Any, out: Any) -> None:
-            x = out[0] if isinstance(out, tuple | list) else out
-            x = x.reshape(-1, x.shape[-1])
-            valid = self.valid.reshape(-1).to(x.device)
-            counts = self.counts[layer]
-            counts += ((x[valid] > 0).sum(0)).to(counts.device, torch.float64)
-
-        return hook
-
-
-def activation_probabilities(
-    lm: LoadedModel,
-    texts: Mapping[str, Sequence[str]],
-    layers: Sequence[int] | None = None,
-    *,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    quiet: bool = True,
-    exclude_special: bool = True,
-) -> tuple[np.ndarray, dict[str, int]]:
-    """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
-
-    A neuron is active on a token when the registry's ``act`` module outputs > 0 (the gate
-    ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs). Padding and,
-    with ``exclude_special``, special tokens (BOS) are not counted. Returns P (float64) and the
-    token count per language.
-    """
-    layers = list(range(lm.num_layers)) if layers is None else list(layers)
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
-    probs = np.zeros((len(layers), lm.intermediate_size, len(texts)))
-    tokens: dict[str, int] = {}
-    for j, (lang, rows) in enumerate(texts.items()):
-        counter = _ActCounter(lm, layers)
-        n_tok = 0
-        bar = _progress(_num_batches(len(rows), batch_size), f"{lang}:lape", quiet)
-        with counter, torch.inference_mode():
-            for batch in encode_batches(lm.tokenizer, rows, batch_size, lm.device, max_length):
-                valid = batch.attention_mask.bool()
-                if exclude_special and special.numel():
-                    valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
-                counter.valid = valid
-                n_tok += int(valid.sum().item())
-                lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                bar.update(1)
-        bar.close()
-        if n_tok == 0:
-            raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
-        tokens[lang] = n_tok
-        probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tok
-    return probs, tokens
-
-
-def _kth_value(flat: np.ndarray, rate: float) -> float:
-    """torch.kthvalue(flat, round(len·rate)): the k-th smallest (1-based), as in the LAPE code."""
-    k = min(max(int(round(flat.size * rate)), 1), flat.size)
-    return float(np.partition(flat, k - 1)[k - 1])
-
-
-@dataclass
-class LapeSelection:
-    """LAPE output: per-language neurons, plus the thresholds and entropies used."""
-
-    neurons: dict[str, list[Neuron]]
-    entropy: np.ndarray  # [len(layers), m]
-    filter_value: float
-    bar_value: float
-    layers: list[int]
-
-
-def lape(
-    probs: np.ndarray,
-    languages: Sequence[str],
-    layers: Sequence[int] | None = None,
-    *,
-    top_rate: float = 0.01,
-    filter_rate: float = 0.95,
-    bar_rate: float = 0.95,
-) -> LapeSelection:
-    """Language-specific neurons by activation-probability entropy (Tang et al., ACL 2024).
-
-    ``probs`` is ``P[layer, neuron, language]`` over ``layers`` (default 0..L−1). Normalise over
-    languages, entropy ``−Σ P' log P'``; neurons whose P exceeds the ``filter_rate`` quantile of all
-    P in no language are dropped; the lowest-entropy ``top_rate`` of all neurons are kept; each is
-    assigned to every language whose P exceeds the ``bar_rate`` quantile. Within a language,
-    neurons are ordered by entropy (ascending); ``score`` is the entropy.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 3 or p.shape[2] != len(languages):
-        raise InputError(f"LAPE: probabilities of shape {p.shape} do not match {len(languages)} languages")
-    layers = list(range(p.shape[0])) if layers is None else list(layers)
-    total = p.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normed = np.where(total > 0, p / np.where(total > 0, total, 1.0), 0.0)
-        logp = np.where(normed > 0, np.log(np.where(normed > 0, normed, 1.0)), 0.0)
-    entropy = -(normed * logp).sum(axis=-1)
-    flat = p.ravel()
-    filter_value = _kth_value(flat, filter_rate)
-    keep = (p > filter_value).sum(axis=-1) > 0
-    entropy = np.where(keep, entropy, np.inf)
-    n_top = int(round(entropy.size * top_rate))
-    order = np.argsort(entropy.ravel(), kind="stable")[:n_top]
-    bar_value = _kth_value(flat, bar_rate)
-    m = p.shape[1]
-    out: dict[str, list[Neuron]] = {lang: [] for lang in languages}
-    for idx in order:
-        li, ni = int(idx) // m, int(idx) % m
-        for j, lang in enumerate(languages):
-            if p[li, ni, j] > bar_value:
-                out[lang].append(Neuron(layers[li], ni, score=float(entropy[li, ni])))
-    return LapeSelection(out, entropy, filter_value, bar_value, layers)
-
-
-@dataclass
-class LapeSettings(PassSettings):
-    top_rate: float = 0.01
-    filter_rate: float = 0.95
-    bar_rate: float = 0.95
-
-
-def lape_path(out_dir: str | os.PathLike[str], language: str) -> Path:
-    return Path(out_dir) / f"neurons-{language}-lape.json"
-
-
-def identify_lape(
-    settings: LapeSettings, *, lm: LoadedModel | None = None, corpus: Any | None = None
-) -> dict[str, NeuronSet]:
-    """LAPE language-specific neurons, one neuron set per language (method kind "lape")."""
-    langs = parse_languages(settings.langs)
-    if len(langs) < 2:
-        raise InputError("--method lape needs at least two languages (e.g. --langs en,ja,ko)")
-    if lm is None:
-        lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
-                        device=settings.device, device_map=settings.device_map)
-    if corpus is None:
-        from tnedit import corpus as corpus_mod
-
-        corpus = corpus_mod.load_corpus(settings.data, langs, limit=settings.limit)
-        if hasattr(corpus_mod, "check_tokenizable"):
-            corpus_mod.check_tokenizable(corpus, lm.tokenizer, langs)
-    layers = parse_layers(settings.layers, lm.num_layers) or list(range(lm.num_layers))
-    texts = {lang: list(corpus.column(lang)) for lang in langs}
-    probs, tokens = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size,
-                                             max_length=settings.max_length, quiet=settings.quiet)
-    sel = lape(probs, langs, layers, top_rate=settings.top_rate, filter_rate=settings.filter_rate,
-               bar_rate=settings.bar_rate)
-    info = lm.model_info()
-    out: dict[str, NeuronSet] = {}
-    out_dir = Path(settings.output) if settings.output is not None else None
-    for lang in langs:
-        method = Method(
-            kind="lape",
-            type=None,
-            language=lang,
-            languages=list(langs),
-            layers=layers,
-            k=len(sel.neurons[lang]),
-            data={"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None),
-                  "n_sentences": len(texts[lang]), "n_tokens": tokens[lang]},
-            position="all",
-            dtype=_dtype_name(lm.dtype),
-            tokenizer=lm.tokenizer_facts(),
-            tnedit_version=__version__,
-            extra={"score": "LAPE entropy (lower = more language-specific)", "top_rate": settings.top_rate,
-                   "filter_rate": settings.filter_rate, "bar_rate": settings.bar_rate,
-                   "filter_value": sel.filter_value, "bar_value": sel.bar_value},
-        )
-        ns = NeuronSet(neurons=sel.neurons[lang], model=info, method=method)
-        if out_dir is not None:
-            ns.save(lape_path(out_dir, lang))
-        out[lang] = ns
-    return out
 
 
 # --- compare -------------------------------------------------------------------------------------

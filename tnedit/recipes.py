@@ -406,7 +406,7 @@ class RecipeRunner:
         directory = self.out / "identify"
         directory.mkdir(parents=True, exist_ok=True)
         if r.identify.method == "lape":
-            from tnedit.identify import LapeSettings, identify_lape
+            from tnedit.lape import LapeSettings, identify_lape
 
             langs = r.identify.lape_languages or ["en", *r.languages]
             sets = identify_lape(LapeSettings(**self._pass_settings(langs, r.languages[0])))

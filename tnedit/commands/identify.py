@@ -129,7 +129,7 @@ def _random_control(model: str, like: str | None, seed: int, match_layers: bool,
 def _lape(model: str, languages: list[str], data: str | None, limit: int | None, layers: str | None,
           batch_size: int, dtype: str, device: str, device_map: str | None, max_length: int | None,
           revision: str | None, out_dir: Path, quiet: bool, as_json: bool) -> None:
-    from tnedit import identify as lib
+    from tnedit import lape as lib
 
     settings = lib.LapeSettings(model=model, langs=languages, data=data, layers=layers, batch_size=batch_size,
                                 dtype=dtype, device=device, device_map=device_map, max_length=max_length,
