@@ -29,7 +29,7 @@ from tnedit.architectures import (
     find_layer_prefix,
     out_proj_key,
 )
-from tnedit.errors import CheckpointError, InputError, UnsupportedArchitectureError
+from tnedit.errors import CheckpointError, InputError, TneditError, UnsupportedArchitectureError
 from tnedit.neurons import fingerprint
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -307,13 +307,18 @@ def _weight_files(path: Path) -> tuple[list[str], str | None, dict[str, str] | N
     return files, None, None
 
 
+def require_directory(path: Path, error: type[TneditError] = CheckpointError) -> None:
+    """Raise ``error`` naming ``path`` unless it is an existing directory."""
+    if not path.exists():
+        raise error(f"{path}: no such directory")
+    if not path.is_dir():
+        raise error(f"{path}: not a directory")
+
+
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and cross-check config, index and shard headers; raise CheckpointError on anything odd."""
     root = Path(path)
-    if not root.exists():
-        raise CheckpointError(f"{root}: no such directory")
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: not a directory")
+    require_directory(root)
     config = read_config(root)
     _quantization_error(root, config)
     try:

@@ -36,6 +36,7 @@ from tnedit.checkpoint import (
     open_checkpoint,
     read_header,
     read_tensor,
+    require_directory,
     resolve_source,
     write_json,
     write_safetensors,
@@ -631,8 +632,7 @@ def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = 
     from tqdm.auto import tqdm
 
     edited, out = Path(edited), Path(out)
-    if not edited.is_dir():
-        raise CheckpointError(f"{edited}: no such directory")
+    require_directory(edited)
     prov = read_provenance(edited)
     revert_path = edited / REVERT_NAME
     if not revert_path.is_file():

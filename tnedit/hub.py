@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnedit.checkpoint import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, read_header, sha256_files
+from tnedit.checkpoint import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, read_header, require_directory, sha256_files
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
 
 Log = Callable[[str], None]
@@ -200,10 +200,7 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     from tqdm.auto import tqdm
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such directory")
-    if not path.is_dir():
-        raise InputError(f"{path}: not a directory")
+    require_directory(path, InputError)
     prov = _read_provenance(path)
     weights: dict[str, dict[str, Any]] = prov["weights"]
     files = [f for f in local_files(path) if f != CARD_NAME]
