@@ -20,3 +20,14 @@ try:
     hf_logging.set_verbosity_error()
 except ImportError:  # pragma: no cover
     pass
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """Print the bad-input matrix (tests/hostile.py) when any case ran."""
+    try:
+        from tests.hostile import MATRIX, matrix_table
+    except ImportError:  # pragma: no cover
+        return
+    if MATRIX:
+        terminalreporter.write_sep("-", f"bad-input matrix: {len(MATRIX)} cases")
+        terminalreporter.write_line(matrix_table(MATRIX))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from tnedit.architectures import (
     decoder_layers,
     resolve_module,
 )
-from tnedit.checkpoint import read_config, resolve_source
+from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
 from tnedit.neurons import ModelInfo, fingerprint
 
@@ -40,9 +41,17 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError:
         raise InputError(f"--device: unknown device '{device}' (expected cpu, cuda, mps or auto)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this torch build or machine has no CUDA device (use cpu or auto)")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    mps = getattr(torch.backends, "mps", None)
+    if chosen.type == "mps" and not (mps and mps.is_available()):
+        raise InputError(f"--device {device}: MPS is not available on this machine (use cpu or auto)")
+    return chosen
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
@@ -65,6 +74,7 @@ class LoadedModel(ConfigShape):
     config: dict[str, Any]
     name_or_path: str
     revision: str | None = None
+    path: Path | None = None  # the checkpoint directory on disk, when loaded from one
     layers: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +95,9 @@ class LoadedModel(ConfigShape):
         return self.layer_module(layer, self.arch.out_proj)
 
     def fingerprint(self) -> str:
+        """The checkpoint's fingerprint, from its files (the loaded dtype may differ); shape-only without files."""
+        if self.path is not None:
+            return open_checkpoint(self.path).fingerprint()
         shapes = [(i, self.arch.out_proj_weight, tuple(self.out_proj(i).weight.shape)) for i in range(len(self.layers))]
         return fingerprint(self.config["model_type"], shapes)
 
@@ -125,7 +138,9 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_source(source, revision=revision)
-    config = read_config(resolved.path)
+    # The same checks as apply, before transformers sees the files: a model tnedit cannot edit
+    # (.bin only, quantized, corrupt headers) fails here with one line.
+    config = open_checkpoint(resolved.path).config
     arch = architecture_for_config(config)
     kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
     if device_map:
@@ -145,6 +160,7 @@ def load_model(
         config=config,
         name_or_path=source,
         revision=resolved.revision,
+        path=resolved.path,
     )
 
 

@@ -12,7 +12,6 @@ import mmap
 import os
 import queue
 import re
-import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,8 +28,9 @@ from tnedit.architectures import (
     find_layer_prefix,
     out_proj_key,
 )
-from tnedit.errors import CheckpointError, InputError, TneditError, UnsupportedArchitectureError
-from tnedit.neurons import fingerprint
+from tnedit.errors import CheckpointError, TneditError, UnsupportedArchitectureError
+from tnedit.neurons import LEGACY_FINGERPRINT_PREFIX, fingerprint
+from tnedit.outputs import atomic_directory, check_output_dir, write_json  # noqa: F401  (re-exported)
 
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "tnedit.json"
@@ -40,6 +40,7 @@ CARD_NAME = "README.md"
 FOREIGN_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
 SKIP_DIRS = {".git", ".cache", "__pycache__"}
 CHUNK = 4 * 1024 * 1024
+CONTENT_SAMPLE = 4096  # bytes per tensor that the fingerprint reads
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 ELEMENT_SIZE = {
     "F64": 8,
@@ -232,12 +233,45 @@ class Checkpoint(ConfigShape):
     def tensor(self, name: str) -> TensorInfo:
         return self.headers[self.tensor_file[name]].tensors[name]
 
-    def fingerprint(self) -> str:
-        shapes = [
+    def _projection_shapes(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        return [
             (layer, self.arch.out_proj_weight, self.tensor(self.out_proj_name(layer)).shape)
             for layer in range(self.num_layers)
         ]
-        return fingerprint(self.model_type, shapes)
+
+    def fingerprint(self) -> str:
+        """Names, shapes and a content sample of the decoder weights that no edit touches.
+
+        Edits only change output projections, so an edited checkpoint keeps its source's
+        fingerprint, while another model of the same shapes (a fine-tune) gets its own.
+        """
+        return fingerprint(self.model_type, self._projection_shapes(), self.content_sample_sha256())
+
+    def legacy_fingerprint(self) -> str:
+        """The shape-only fingerprint that tnedit 0.1 recorded."""
+        return fingerprint(self.model_type, self._projection_shapes())
+
+    def content_sample_sha256(self) -> str:
+        """SHA-256 over the first CONTENT_SAMPLE bytes of every decoder tensor but the output projections."""
+        out_projs = {self.out_proj_name(layer) for layer in range(self.num_layers)}
+        prefix = self.layer_prefix + "."
+        names = sorted(n for n in self.tensor_file if n.startswith(prefix) and n not in out_projs)
+        sha = hashlib.sha256()
+        for name in names:
+            info = self.tensor(name)
+            with open(self.path / self.tensor_file[name], "rb") as fh:
+                sample = os.pread(fh.fileno(), min(CONTENT_SAMPLE, info.nbytes), info.begin)
+            sha.update(f"{name[len(prefix):]}:{info.dtype}:{list(info.shape)}:{len(sample)}\n".encode())
+            sha.update(sample)
+        return sha.hexdigest()
+
+    def fingerprint_status(self, recorded: str | None) -> str:
+        """How a recorded fingerprint relates to this checkpoint: same, legacy (shape-only match) or different."""
+        if recorded is None or recorded == self.fingerprint():
+            return "same"
+        if recorded.startswith(LEGACY_FINGERPRINT_PREFIX) and recorded == self.legacy_fingerprint():
+            return "legacy"
+        return "different"
 
     def side_files(self) -> Iterator[Path]:
         """Every non-weight file, relative to the checkpoint root."""
@@ -622,49 +656,3 @@ def copy_plain(src: Path, dst: Path, link: bool = False, known_sha256: str | Non
     with open(src, "rb") as fi, open(dst, "wb") as fo:
         _copy_range(fi, fo, 0, os.fstat(fi.fileno()).st_size)
     return known_sha256
-
-
-# --- atomic output ------------------------------------------------------------------------------
-
-
-def check_output_dir(out: Path, source: Path, overwrite: bool) -> None:
-    out_r, src_r = out.resolve(), source.resolve()
-    if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
-        raise InputError(f"{out}: the output must not be the source directory, inside it, or contain it")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-
-
-@contextmanager
-def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to ``out`` only when the block completes.
-
-    On any exception, KeyboardInterrupt included, the temporary directory is removed and ``out``
-    is left as it was.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tnedit-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            if not overwrite:
-                raise InputError(f"{out}: appeared while writing (pass --overwrite to replace it)")
-            trash = out.parent / f".{out.name}.tnedit-old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

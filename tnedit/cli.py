@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -70,36 +74,98 @@ def group(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from tnedit.architectures import UnknownArchitecture
-    from tnedit.errors import TneditError
-    from tnedit.neurons import NeuronFormatError
+class SignalExit(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, delivered like Ctrl-C so that every partial output is removed on the way out."""
 
-    return (TneditError, UnknownArchitecture, NeuronFormatError)
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _raise_signal_exit(signum: int, _frame: Any) -> None:
+    raise SignalExit(signum)
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into SignalExit for the duration of one command (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, _raise_signal_exit) for signum in wanted}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def one_line(text: str) -> str:
+    """Messages of libraries may span lines; the CLI's contract is one line per error."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A one-line description of any exception a user can trigger."""
+    from tnedit.errors import TneditError
+
+    if isinstance(exc, TneditError):
+        return one_line(str(exc))
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where = f"{where} -> {exc.filename2}"
+        return one_line(f"{where}: {exc.strerror}" if where else exc.strerror)
+    if isinstance(exc, click.ClickException):
+        return one_line(exc.format_message())
+    text = one_line(str(exc)) or "(no message)"
+    return f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
+
+
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    from tnedit.outputs import COMPLETED
+
+    cause = f"interrupted by {exc.signal_name}" if isinstance(exc, SignalExit) else "interrupted"
+    if not COMPLETED:
+        return f"tnedit: {cause}; nothing was written"
+    kept = ", ".join(str(p) for p in COMPLETED[-3:])
+    return f"tnedit: {cause}; kept the outputs completed before it ({kept}); nothing else was written"
+
+
+def _show_python_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                         line: Any = None) -> None:
+    click.echo(f"tnedit: warning: {one_line(str(message))}", err=True)
 
 
 def main(argv: list[str] | None = None) -> Any:
+    import warnings
+
     from tnedit.commands import common
+    from tnedit.outputs import COMPLETED
 
     args = list(argv) if argv is not None else sys.argv[1:]
     common.ARGV = args
+    COMPLETED.clear()
     debug = "--debug" in args or bool(os.environ.get("TNEDIT_DEBUG"))
     try:
-        return group.main(args=args, prog_name="tnedit", standalone_mode=False)
+        with _signals_as_interrupts(), warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_python_warning
+            return group.main(args=args, prog_name="tnedit", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("tnedit: interrupted; nothing was written", err=True)
+        click.echo(_interrupted_message(KeyboardInterrupt()), err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except _user_errors() as exc:
+    except KeyboardInterrupt as exc:
+        click.echo(_interrupted_message(exc), err=True)
+        sys.exit(130)
+    except Exception as exc:  # the one guard: any failure a user can trigger is one line and exit 2
         if debug:
             raise
-        click.echo(f"tnedit: error: {exc}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
-        click.echo("tnedit: interrupted; nothing was written", err=True)
-        sys.exit(130)
+        click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException) else 2)
 
 
 if __name__ == "__main__":

@@ -136,18 +136,27 @@ def _neuron_dict(n: Neuron) -> dict[str, Any]:
     return out
 
 
-def fingerprint(model_type: str, projections: Sequence[tuple[int, str, Sequence[int]]]) -> str:
-    """Hash of the MLP output projections: (layer, name relative to the layer, shape) each.
+LEGACY_FINGERPRINT_PREFIX = "sha256:"
+FINGERPRINT_PREFIX = "fp2:"
+
+
+def fingerprint(
+    model_type: str, projections: Sequence[tuple[int, str, Sequence[int]]], content_sha256: str | None = None
+) -> str:
+    """Hash of the MLP output projections, (layer, name relative to the layer, shape) each, and a content digest.
 
     Names are relative to the decoder layer so that a CausalLM checkpoint and a loaded base model
-    (whose keys differ by a prefix) agree.
+    (whose keys differ by a prefix) agree. Without ``content_sha256`` this is the shape-only
+    fingerprint of tnedit 0.1 (prefix ``sha256:``), still accepted with a warning.
     """
     text = (
         model_type
         + "\n"
         + "\n".join(f"{layer}:{name}:{'x'.join(str(s) for s in shape)}" for layer, name, shape in sorted(projections))
     )
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    if content_sha256 is None:
+        return LEGACY_FINGERPRINT_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return FINGERPRINT_PREFIX + hashlib.sha256(f"{text}\ncontent:{content_sha256}".encode()).hexdigest()[:32]
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -391,3 +400,19 @@ def _fraction_layers(text: str, num_layers: int | None, where: str) -> list[int]
     if not layers:
         raise NeuronFormatError(f"{where}: '{text}' selects no layer of a {num_layers}-layer model")
     return layers
+
+
+_INLINE_LIST = re.compile(r"[\s0-9:.,eE+-]+")
+
+
+def read_neuron_argument(value: str, where: str = "--neurons") -> tuple[NeuronSet, str]:
+    """``--neurons`` takes either form: a neurons file, or an inline list ``"3:17,3:99:0.5"``.
+
+    Returns the set and a label for messages and provenance (the path, or ``where``).
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        return load_neurons(path), str(value)
+    if ":" in value and _INLINE_LIST.fullmatch(value):
+        return NeuronSet(parse_neuron_list(value, where), method=Method(kind="manual")), where
+    raise NeuronFormatError(f"{where}: '{value}' is neither a neurons file nor an inline list like 3:17,3:99:0.5")
