@@ -117,6 +117,8 @@ def describe_exception(exc: BaseException) -> str:
         if exc.filename2 is not None:
             where = f"{where} -> {exc.filename2}"
         return one_line(f"{where}: {exc.strerror}" if where else exc.strerror)
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        return one_line(f"{exc.format_message()} (see '{exc.ctx.command_path} --help')")
     if isinstance(exc, click.ClickException):
         return one_line(exc.format_message())
     text = one_line(str(exc)) or "(no message)"
@@ -153,8 +155,9 @@ def main(argv: list[str] | None = None) -> Any:
             if not debug:
                 warnings.showwarning = _show_python_warning
             return group.main(args=args, prog_name="tnedit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo(_interrupted_message(KeyboardInterrupt()), err=True)
+    except click.exceptions.Abort as exc:  # click wraps KeyboardInterrupt (and so SignalExit) in Abort
+        cause = exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else KeyboardInterrupt()
+        click.echo(_interrupted_message(cause), err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -40,7 +40,7 @@ def contained_name(root: Path, name: Any, where: str) -> Path:
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or "\\" in name:
         raise InputError(f"{where}: '{name}' is an absolute path; expected a name inside {root}")
-    if any(part in ("..", ".") for part in posix.parts) or name.endswith("/"):
+    if ".." in posix.parts or name.endswith("/"):
         raise InputError(f"{where}: '{name}' leaves {root} or is not a plain file name")
     return root / posix
 
