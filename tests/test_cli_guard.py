@@ -29,9 +29,11 @@ def _verb(body):
 def boom_verb(monkeypatch):
     def install(body):
         real = cli.LazyGroup.get_command
-        monkeypatch.setattr(
-            cli.LazyGroup, "get_command", lambda self, ctx, name: _verb(body) if name == "boom" else real(self, ctx, name)
-        )
+
+        def get_command(self, ctx, name):
+            return _verb(body) if name == "boom" else real(self, ctx, name)
+
+        monkeypatch.setattr(cli.LazyGroup, "get_command", get_command)
 
     return install
 

@@ -561,7 +561,37 @@ def test_overlap_with_identify_rows_warns():
 
     plan = _Plan(Condition("edited", "hook"), None, None, {"method": {"data": {"source": "x.tsv", "n_pairs": 800}}})
     info = {"source": "x.tsv", "rows": [0, 200]}
-    msg = _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n"), info)
-    assert msg and "--skip 800" in msg
-    assert _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n", skip=800), info) is None
-    assert _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n"), {**info, "source": "y.tsv"}) is None
+    s = EvaluateSettings("m", ["ja"], neurons="n")
+
+    def rows(total):
+        return lambda limit: min(limit, total)
+
+    msg = _overlap_warning(plan, s, info, rows(5000))
+    assert msg and msg.endswith("pass --skip 800 for a held-out evaluation")
+    short = _overlap_warning(plan, s, info, rows(900))
+    assert "only 100 rows follow them" in short and "--skip 800 --n-pairs 100" in short
+    none = _overlap_warning(plan, s, info, rows(800))
+    assert "--skip" not in none and "none are held out" in none and "--data" in none
+    assert _overlap_warning(plan, EvaluateSettings("m", ["ja"], neurons="n", skip=800), info, rows(5000)) is None
+    assert _overlap_warning(plan, s, {**info, "source": "y.tsv"}, rows(5000)) is None
+
+
+def test_overlap_advice_counts_the_real_data():
+    """On the built-in corpus identify may have used every row: then --skip cannot help."""
+    from tnedit.conditions import Condition
+    from tnedit.corpus import builtin_corpus
+    from tnedit.evaluate import EvaluateSettings, _overlap_warning, _Plan, count_rows
+
+    total = len(builtin_corpus())
+    s = EvaluateSettings("m", ["ja"], neurons="n", n_pairs=200)
+    info = {"source": "builtin", "rows": [0, 200]}
+    assert count_rows(s, total + 50) == total and count_rows(s, 7) == 7
+
+    def plan(n_used):
+        return _Plan(Condition("edited", "hook"), None, None,
+                     {"method": {"data": {"source": "builtin", "n_pairs": n_used}}})
+
+    every = _overlap_warning(plan(total), s, info, lambda limit: count_rows(s, limit))
+    assert f"the data has {total} rows" in every and "--skip" not in every
+    some = _overlap_warning(plan(total - 250), s, info, lambda limit: count_rows(s, limit))
+    assert some.endswith(f"pass --skip {total - 250} for a held-out evaluation")

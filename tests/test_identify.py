@@ -490,7 +490,9 @@ def test_lape_on_toy_probabilities():
 
 def test_activation_probabilities_count_real_tokens(models):
     _, lm = models("llama")
-    probs, tokens = lape.activation_probabilities(lm, {"en": EN[:5], "ja": JA[:5]}, [1], batch_size=3)
+    counts = lape.activation_probabilities(lm, {"en": EN[:5], "ja": JA[:5]}, [1], batch_size=3)
+    probs, tokens = counts.probs, counts.tokens
+    assert counts.truncated == {"en": 0, "ja": 0} and counts.max_length == 128  # max_position_embeddings
     acts = []
     act_mod = lm.layer_module(1, lm.arch.act)
     hook = act_mod.register_forward_hook(lambda m, a, o: acts.append(o[0]))

@@ -86,26 +86,30 @@ def test_overrides(tmp_path):
         load_recipe(path, ["edits.3=1"])
 
 
-def _tiny_recipe(tmp_path: Path) -> Path:
-    model = make_tiny("llama", tmp_path)
-    text = f"""
+def _tiny_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A recipe whose paths are relative to its own directory, run from another working directory."""
+    make_tiny("llama", tmp_path, subdir="tiny")
+    text = """
 name: tiny
-model: {{name: {model}, dtype: float32, device: cpu}}
+model: {name: tiny, dtype: float32, device: cpu}
 languages: [ja]
-data: {{source: builtin, identify_rows: 24, evaluate_rows: 12}}
-identify: {{type: 1, k: 8, batch_size: 8}}
+data: {source: builtin, identify_rows: 24, evaluate_rows: 12}
+identify: {type: 1, k: 8, batch_size: 8}
 edits:
-  - {{name: ja-t1, neurons: "ja:1", op: zero}}
-evaluate: {{control: random, metrics: [representations, perplexity], n_qa: 0, n_gen: 0}}
-output: {tmp_path / "run"}
+  - {name: ja-t1, neurons: "ja:1", op: zero}
+evaluate: {control: random, metrics: [representations, perplexity], n_qa: 0, n_gen: 0}
+output: run
 """
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     return write(tmp_path, text)
 
 
-def test_runner_end_to_end_and_skips(tmp_path, capsys):
+def test_runner_end_to_end_and_skips(tmp_path, capsys, monkeypatch):
     from tnedit.cli import main
 
-    recipe = _tiny_recipe(tmp_path)
+    recipe = _tiny_recipe(tmp_path, monkeypatch)
     out = tmp_path / "run"
 
     def run(*extra: str) -> dict:
@@ -124,6 +128,11 @@ def test_runner_end_to_end_and_skips(tmp_path, capsys):
     assert (out / "edits" / "ja-t1" / "tnedit.json").is_file()
     assert (out / "reports" / "ja-t1" / "report.md").is_file()
     assert not list((out / "edits" / "ja-t1").glob(".tnedit*")), "stamps must not land in the checkpoint"
+    assert not [p for p in out.rglob("*") if ".tnedit-tmp-" in p.name], "every step's output was renamed into place"
+    assert not list((tmp_path / "elsewhere").iterdir()), "nothing is written relative to the working directory"
+    stamps = sorted(p.name for p in (out / ".tnedit-steps").iterdir())
+    assert stamps == ["apply-ja-t1.json", "evaluate-ja-t1.json", "identify-transfer.json"]
+    assert json.loads((out / "recipe.json").read_text())["model"]["name"] == str(tmp_path / "tiny")
     assert first["headline"] and {row["edit"] for row in first["headline"]} == {"ja-t1"}
     card = (out / "edits" / "ja-t1" / "README.md").read_text()
     assert "tnedit:evaluation:start" in card
@@ -140,11 +149,11 @@ def test_runner_end_to_end_and_skips(tmp_path, capsys):
     assert not any(s["skipped"] for s in forced["steps"])
 
 
-def test_hook_evaluation_keeps_the_edit_layers(tmp_path, capsys):
+def test_hook_evaluation_keeps_the_edit_layers(tmp_path, capsys, monkeypatch):
     """positions=last evaluates through a hook, not the baked checkpoint; edits[].layers must reach it."""
     from tnedit.cli import main
 
-    recipe = _tiny_recipe(tmp_path)
+    recipe = _tiny_recipe(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as info:
         main(["run", str(recipe), "--quiet", "--set", "evaluate.positions=last", "--set", "edits.0.layers=0-1"])
         raise SystemExit(0)
@@ -159,3 +168,21 @@ def test_hook_evaluation_keeps_the_edit_layers(tmp_path, capsys):
     assert {int(layer) for layer in edit["per_layer"]} == {n["layer"] for n in kept}
     baked = json.loads((out / "edits" / "ja-t1" / "tnedit.json").read_text())
     assert sum(baked["edit"]["per_layer"].values()) == len(kept)
+    # edits[].top_k counts within edits[].layers, in the baked checkpoint and in the hook alike
+    k = max(1, len(kept) - 1)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(recipe), "--quiet", "--set", "evaluate.positions=last", "--set", "edits.0.layers=0-1",
+              "--set", f"edits.0.top_k={k}"])
+        raise SystemExit(0)
+    assert info.value.code in (0, None), capsys.readouterr().err
+    expected = [[n["layer"], n["index"]] for n in kept[:k]]
+    baked = json.loads((out / "edits" / "ja-t1" / "tnedit.json").read_text())
+    assert [[a, b] for a, b, _ in baked["edit"]["neurons"]] == expected
+    edit = json.loads((out / "reports" / "ja-t1" / "report.json").read_text())["edit"]
+    assert edit["n_neurons"] == k and edit["edit_sha256"] == _rows_sha256(baked["edit"]["neurons"])
+
+
+def _rows_sha256(rows: list) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()

@@ -5,7 +5,7 @@ This is the one forward-pass path: identify and evaluate both read hidden states
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from tnedit.architectures import (
     architecture_for_config,
     decoder_layers,
     resolve_module,
+    text_config,
 )
 from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
@@ -31,6 +32,16 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+# Config keys that hold how many positions a model can read, in the order they are tried: most models
+# say max_position_embeddings, GPT-2 n_positions (and the older n_ctx), ChatGLM/Qwen-1 seq_length.
+CONTEXT_LENGTH_KEYS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+# The default --max-length never exceeds this: configs advertise 32k-128k positions, and statistics over
+# sentences never need them, while one runaway line (a whole document on one line of the data) would need
+# gigabytes of activations per batch. An explicit --max-length may go higher, up to the model's context.
+MAX_LENGTH_CAP = 4096
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -94,6 +105,11 @@ class LoadedModel(ConfigShape):
     def out_proj(self, layer: int) -> Any:
         return self.layer_module(layer, self.arch.out_proj)
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model can read (see CONTEXT_LENGTH_KEYS); None when the config does not say (ALiBi)."""
+        return context_length(self.config, self.arch)
+
     def fingerprint(self) -> str:
         """The checkpoint's fingerprint, from its files (the loaded dtype may differ); shape-only without files."""
         if self.path is not None:
@@ -145,9 +161,10 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map
+    target = None if device_map else pick_device(device)  # refuse a missing device before loading weights
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-    if not device_map:
-        model.to(pick_device(device))
+    if target is not None:
+        model.to(target)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     tokenizer.padding_side = "right"
@@ -167,6 +184,38 @@ def load_model(
 # --- batching ------------------------------------------------------------------------------------
 
 
+def context_entry(config: Mapping[str, Any], arch: Architecture) -> tuple[str, int] | None:
+    """(key, value) of the first positive CONTEXT_LENGTH_KEYS entry, a wrapper's text config first."""
+    for cfg in (text_config(config, arch), config):
+        for key in CONTEXT_LENGTH_KEYS:
+            value = cfg.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return key, value
+    return None
+
+
+def context_length(config: Mapping[str, Any], arch: Architecture) -> int | None:
+    entry = context_entry(config, arch)
+    return entry[1] if entry is not None else None
+
+
+def resolve_max_length(lm: LoadedModel, requested: int | None, where: str = "--max-length") -> int:
+    """Tokens per sentence: ``requested``, else the model's context length capped at MAX_LENGTH_CAP.
+
+    A longer sentence would index past the position embeddings (GPT-2: IndexError), so a request
+    beyond the context is refused rather than passed on.
+    """
+    entry = context_entry(lm.config, lm.arch)
+    if requested is None:
+        return min(entry[1], MAX_LENGTH_CAP) if entry is not None else MAX_LENGTH_CAP
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise InputError(f"{where}: expected a positive number of tokens, got {requested!r}")
+    if entry is not None and requested > entry[1]:
+        raise InputError(f"{where} {requested}: exceeds the model's context length of {entry[1]} tokens "
+                         f"({entry[0]} in config.json)")
+    return requested
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor
@@ -175,26 +224,41 @@ class Batch:
     rows: list[int]  # indices into the caller's sentence list
 
 
-def encode_batches(
-    tokenizer: Any,
-    texts: Sequence[str],
-    batch_size: int,
-    device: torch.device | str = "cpu",
-    max_length: int | None = None,
-) -> Iterator[Batch]:
-    """Right-padded batches, grouped by length so padding wastes little compute.
+@dataclass
+class EncodedTexts:
+    """Token ids of sentences, and which of them were cut to ``max_length``."""
 
-    Rows come back in length order; ``Batch.rows`` maps them to the caller's indices. Statistics
-    are sums, so order does not change them beyond fp64 rounding.
+    ids: list[list[int]]
+    truncated: list[bool]
+    max_length: int | None = None
+
+    @property
+    def n_truncated(self) -> int:
+        return sum(self.truncated)
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None = None) -> EncodedTexts:
+    """Tokenize ``texts`` (special tokens included), truncating to ``max_length`` and noting which were cut.
+
+    Each sentence is first tokenized whole (verbose=False: a long one is expected here, not worth
+    the tokenizer's warning); only the ones longer than ``max_length`` are tokenized again with the
+    tokenizer's own truncation, so special tokens stay where the tokenizer puts them.
     """
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    encoded = [tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"] for t in texts]
-    empty = [i for i, ids in enumerate(encoded) if not ids]
+    ids = [tokenizer(t, verbose=False)["input_ids"] for t in texts]
+    truncated = [max_length is not None and len(x) > max_length for x in ids]
+    for i, cut in enumerate(truncated):
+        if cut:
+            ids[i] = tokenizer(texts[i], truncation=True, max_length=max_length)["input_ids"]
+    empty = [i for i, x in enumerate(ids) if not x]
     if empty:
         raise InputError(f"{len(empty)} sentence(s) tokenize to nothing, e.g. row {empty[0] + 1}: {texts[empty[0]]!r}")
-    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return EncodedTexts(ids, truncated, max_length)
+
+
+def _batches(
+    encoded: Sequence[Sequence[int]], batch_size: int, device: torch.device | str, pad: int
+) -> Iterator[Batch]:
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in rows)
@@ -204,6 +268,25 @@ def encode_batches(
             ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[r, : len(encoded[i])] = 1
         yield Batch(ids.to(device), mask.to(device), (mask.sum(1) - 1).to(device), rows)
+
+
+def encode_batches(
+    tokenizer: Any,
+    texts: Sequence[str] | EncodedTexts,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    max_length: int | None = None,
+) -> Iterator[Batch]:
+    """Right-padded batches of ``texts`` (or of already :func:`encode_texts`-ed ones), grouped by length.
+
+    Rows come back in length order; ``Batch.rows`` maps them to the caller's indices. Statistics
+    are sums, so order does not change them beyond fp64 rounding.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    encoded = texts if isinstance(texts, EncodedTexts) else encode_texts(tokenizer, texts, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return _batches(encoded.ids, batch_size, device, pad)
 
 
 def gather_last(x: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
@@ -342,7 +425,8 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], neurons: Any = None
     """[sentences, layers, hidden] raw decoder-layer outputs at the last token, float64.
 
     ``neurons`` (a NeuronSet, or None) are zeroed at the last token only, as the paper's
-    representation analyses do; rows come back in the order of ``texts``.
+    representation analyses do; rows come back in the order of ``texts``. Sentences longer than the
+    model's context are cut to it (see :func:`resolve_max_length`).
     """
     from tnedit.edit import RuntimeEdit, make_edit_spec
 
@@ -350,7 +434,7 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], neurons: Any = None
     spec = make_edit_spec(neurons) if neurons is not None else None
     out: dict[int, torch.Tensor] = {}
     with LastTokenCapture(lm, ["h"], layers) as cap:
-        for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device):
+        for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device, resolve_max_length(lm, None)):
             if spec is None:
                 states = cap.run(batch)
             else:

@@ -130,11 +130,12 @@ def forward(
     import torch
     from tqdm.auto import tqdm
 
-    from tnedit.capture import LastTokenCapture, encode_batches
+    from tnedit.capture import LastTokenCapture, encode_batches, resolve_max_length
 
+    max_length = resolve_max_length(lm, None)  # a sentence past the context would index past the positions
     with LastTokenCapture(lm, ["h"]) as cap, _head_on_real_positions(lm) as head, torch.inference_mode():
         for lang, sentences in texts.items():
-            batches = list(encode_batches(lm.tokenizer, sentences, s.batch_size, lm.device))
+            batches = list(encode_batches(lm.tokenizer, sentences, s.batch_size, lm.device, max_length))
             bar = tqdm(
                 batches,
                 desc=f"evaluate {lang} ({'+'.join(c.name for c in conds)})",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +38,8 @@ from tnedit import report as R
 from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
 from tnedit.conditions import Accumulator, Condition, forward, run_generation
 from tnedit.errors import CheckpointError, InputError
-from tnedit.neurons import Neuron, NeuronSet, format_layers, load_neurons, parse_layers
+from tnedit.neurons import Neuron, NeuronSet, format_layers, parse_layers, read_neuron_argument
+from tnedit.outputs import check_output_dir, write_text
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -56,7 +58,7 @@ class EvaluateSettings:
     original: str
     languages: list[str]
     edited: str | None = None
-    neurons: str | NeuronSet | None = None
+    neurons: str | NeuronSet | None = None  # a neurons file, an inline list "3:17,3:99" or a NeuronSet
     op: str = "zero"
     factor: float | None = None
     positions: str = "all"  # hook edits only: all | last | prompt
@@ -139,7 +141,7 @@ def _check_settings(settings: EvaluateSettings) -> EvaluateSettings:
         s.control = None
     if s.control not in (None, "random"):
         raise InputError(f"--control must be 'random' or 'none', got {s.control!r}")
-    for name in ("n_pairs", "batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers"):
+    for name in ("batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers"):
         if getattr(s, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
     for name in ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens", "qa_max_new_tokens"):
@@ -159,12 +161,13 @@ def load_pairs(s: EvaluateSettings) -> tuple[dict[str, list[str]], dict[str, Any
     from tnedit.corpus import load_corpus
 
     langs = [s.english, *s.languages]
-    corpus = load_corpus(s.data, langs, limit=s.skip + s.n_pairs, min_rows=min(10, s.skip + 2))
+    corpus = load_corpus(s.data, langs, limit=s.skip + s.n_pairs, min_rows=2)
     columns = {lang: list(corpus.column(lang))[s.skip : s.skip + s.n_pairs] for lang in langs}
     n = len(columns[s.english])
-    if n < 2:
+    if n < 2:  # fewer rows than the limit were read, so len(corpus) is every row the data has
         raise InputError(
-            f"{corpus.source}: only {n} row(s) left after --skip {s.skip}; need at least 2 parallel pairs"
+            f"{corpus.source}: has {len(corpus)} rows; --skip {s.skip} leaves {n}, and the evaluation needs at "
+            f"least 2 parallel pairs (use --skip {max(0, len(corpus) - s.n_pairs)} or less)"
         )
     info = {
         "source": str(corpus.source),
@@ -176,6 +179,13 @@ def load_pairs(s: EvaluateSettings) -> tuple[dict[str, list[str]], dict[str, Any
         "requested_pairs": s.n_pairs,
     }
     return columns, info
+
+
+def count_rows(s: EvaluateSettings, limit: int) -> int:
+    """How many rows the evaluation data has, counting up to ``limit``."""
+    from tnedit.corpus import load_corpus
+
+    return len(load_corpus(s.data, [s.english, *s.languages], limit=limit, min_rows=0))
 
 
 def load_qa_sets(s: EvaluateSettings) -> tuple[dict[str, tuple[list[Any], list[Any]]], dict[str, Any] | None]:
@@ -204,16 +214,35 @@ def _spec_sha256(spec: Any) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
+def _refuse_unless_forced(msg: str, force: bool, warn: Callable[[str], None],
+                          error: type[InputError] = InputError) -> None:
+    if not force:
+        raise error(msg + " (pass --force to evaluate anyway)")
+    warn(msg)
+
+
 def read_edited_provenance(edited: str, force: bool, warn: Callable[[str], None]) -> dict[str, Any] | None:
-    from tnedit.edit import read_provenance
+    """EDITED's checked tnedit.json; None (with a warning) when it has none and ``force`` is set."""
+    from tnedit.hub import read_checkpoint_provenance
 
     if not (Path(edited) / PROVENANCE_NAME).is_file():
         msg = f"{edited}: no {PROVENANCE_NAME}; cannot check that it was derived from the original"
-        if not force:
-            raise CheckpointError(msg + " (pass --force to evaluate anyway)")
-        warn(msg)
+        _refuse_unless_forced(msg, force, warn, CheckpointError)
         return None
-    return read_provenance(Path(edited))
+    return read_checkpoint_provenance(Path(edited))
+
+
+def check_edited_weights(edited: Path, prov: dict[str, Any], force: bool, warn: Callable[[str], None]) -> None:
+    """EDITED must load exactly the weight files tnedit.json records, with the recorded SHA-256s."""
+    from tnedit.checkpoint import open_checkpoint
+    from tnedit.hub import weights_problem
+
+    unrecorded = sorted(set(open_checkpoint(edited).weight_files) - set(prov["weights"]))
+    problem = weights_problem(edited, prov)
+    if problem is None and unrecorded:
+        problem = f"{edited / unrecorded[0]}: weight file not recorded in {PROVENANCE_NAME} (apply did not write it)"
+    if problem:
+        _refuse_unless_forced(problem, force, warn, CheckpointError)
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -227,22 +256,29 @@ def _same_name(a: str, b: str) -> bool:
 
 def check_derived(original: str, original_path: Path, prov: dict[str, Any], force: bool,
                   warn: Callable[[str], None]) -> None:
-    """EDITED's provenance must name ORIGINAL (by name) and match its fingerprint."""
+    """EDITED's provenance must name ORIGINAL (by name) and match its fingerprint.
+
+    A shape-only fingerprint of tnedit 0.1 that matches is accepted with a warning: it cannot tell
+    ORIGINAL from a fine-tune of the same shapes.
+    """
     from tnedit.checkpoint import open_checkpoint
 
     src = prov.get("source") or {}
     problems = []
-    fp = open_checkpoint(original_path).fingerprint()
-    if src.get("fingerprint") and src["fingerprint"] != fp:
-        problems.append(f"its source fingerprint {src['fingerprint']} differs from ORIGINAL's {fp}")
+    ckpt = open_checkpoint(original_path)
+    recorded = src.get("fingerprint") or None
+    status = ckpt.fingerprint_status(recorded)
+    if status == "legacy":
+        warn(f"{PROVENANCE_NAME} of EDITED_DIR records a shape-only fingerprint ({recorded}); ORIGINAL matches "
+             "it by shape, which cannot tell it from another model of the same shapes")
+    elif status == "different":
+        problems.append(f"its source fingerprint {recorded} differs from ORIGINAL's {ckpt.fingerprint()}")
     name = str(src.get("name_or_path", ""))
     if name and not _same_name(name, original) and not _same_name(name, str(original_path)):
         problems.append(f"it was made from '{name}', not '{original}'")
     if problems:
         msg = f"EDITED_DIR is not derived from ORIGINAL per {PROVENANCE_NAME}: " + "; ".join(problems)
-        if not force:
-            raise InputError(msg + " (pass --force to evaluate anyway)")
-        warn(msg)
+        _refuse_unless_forced(msg, force, warn)
 
 
 def _file_hashes(path: Path) -> dict[str, str]:
@@ -364,13 +400,16 @@ def _headline(data: dict[str, Any], s: EvaluateSettings) -> list[dict[str, Any]]
     return rows
 
 
-def _edit_from_provenance(prov: dict[str, Any]) -> tuple[Any, list[int] | None]:
+def _edit_from_provenance(prov: dict[str, Any], where: Path) -> tuple[Any, list[int] | None]:
     from tnedit.edit import make_edit_spec
 
     edit = prov.get("edit") or {}
-    neurons = [Neuron(int(a), int(b), factor=float(f)) for a, b, f in edit.get("neurons", [])]
+    try:
+        neurons = [Neuron(int(a), int(b), factor=float(f)) for a, b, f in edit.get("neurons", [])]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: key 'edit.neurons' must list [layer, index, factor] triples") from None
     if not neurons:
-        raise CheckpointError(f"{PROVENANCE_NAME}: the edit lists no neurons")
+        raise CheckpointError(f"{where}: key 'edit.neurons' lists no neurons")
     op = edit.get("op", "zero")
     spec = make_edit_spec(neurons, op, edit.get("factor") if op == "scale" else None)
     method = (prov.get("neuron_set") or {}).get("method") or {}
@@ -398,7 +437,7 @@ def _plan(s: EvaluateSettings, original_path: Path, texts: dict[str, list[str]],
           warn: Callable[[str], None]) -> _Plan:
     """Read the edit (hook neuron set or baked dir) and run the cheap consistency checks."""
     from tnedit.checkpoint import open_checkpoint
-    from tnedit.edit import make_edit_spec
+    from tnedit.edit import check_neuron_range, make_edit_spec
 
     if s.edited is not None:
         edited_path = Path(s.edited)
@@ -408,7 +447,8 @@ def _plan(s: EvaluateSettings, original_path: Path, texts: dict[str, list[str]],
         spec, layers, info = None, None, None
         if prov is not None:
             check_derived(s.original, original_path, prov, s.force, warn)
-            spec, layers = _edit_from_provenance(prov)
+            check_edited_weights(edited_path, prov, s.force, warn)
+            spec, layers = _edit_from_provenance(prov, edited_path / PROVENANCE_NAME)
             ns = prov.get("neuron_set") or {}
             info = {**_edit_info("baked", spec, "all", ns.get("sha256"), ns.get("method")),
                     "provenance_created": prov.get("created")}
@@ -416,18 +456,21 @@ def _plan(s: EvaluateSettings, original_path: Path, texts: dict[str, list[str]],
         check = check_tokenizers(original_path, edited_path, probes)
         cond = Condition("edited", "baked", None, "all", len(spec.neurons) if spec else 0)
         return _Plan(cond, spec, layers, info, check)
-    ns = s.neurons if isinstance(s.neurons, NeuronSet) else load_neurons(str(s.neurons))
+    ns, label = (s.neurons, "--neurons") if isinstance(s.neurons, NeuronSet) else read_neuron_argument(str(s.neurons))
     ckpt = open_checkpoint(original_path)
-    if ns.model is not None and ns.model.fingerprint:
-        fp = ckpt.fingerprint()
-        if ns.model.fingerprint != fp:
-            msg = f"{s.neurons}: the neuron set was made for another model (fingerprint {ns.model.fingerprint}, " \
-                  f"ORIGINAL has {fp})"
-            if not s.force:
-                raise InputError(msg + " (pass --force to evaluate anyway)")
-            warn(msg)
+    recorded = ns.model.fingerprint if ns.model is not None else None
+    status = ckpt.fingerprint_status(recorded or None)
+    if status == "legacy":
+        warn(f"{label}: the neuron set records a shape-only fingerprint ({recorded}); ORIGINAL matches it by "
+             "shape, which cannot tell it from another model of the same shapes")
+    elif status == "different":
+        msg = f"{label}: the neuron set was made for another model (fingerprint {recorded}, ORIGINAL has " \
+              f"{ckpt.fingerprint()})"
+        _refuse_unless_forced(msg, s.force, warn)
     keep = parse_layers(s.layers, ckpt.num_layers) if s.layers is not None else None
-    spec = make_edit_spec(ns, s.op, s.factor if s.op == "scale" else None, top_k=s.top_k, layers=keep)
+    # --layers first, then --top-k: the first K neurons within the kept layers (make_edit_spec's order)
+    spec = make_edit_spec(ns, s.op, s.factor, top_k=s.top_k, layers=keep)
+    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, label)  # before the model is loaded
     layers = list(ns.method.layers) if ns.method and ns.method.layers else None
     if layers is not None and keep is not None:  # the control draws from the same restricted layers
         layers = [layer for layer in layers if layer in keep] or None
@@ -461,8 +504,13 @@ def _same_source(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def _overlap_warning(plan: _Plan, s: EvaluateSettings, data_info: dict[str, Any]) -> str | None:
-    """A warning when the evaluation rows include rows the neuron set was identified on."""
+def _overlap_warning(plan: _Plan, s: EvaluateSettings, data_info: dict[str, Any],
+                     rows: Callable[[int], int]) -> str | None:
+    """A warning when the evaluation rows include rows the neuron set was identified on.
+
+    ``rows(limit)`` counts the data's rows up to ``limit``: the advice is a ``--skip`` that still
+    leaves the requested pairs, or, when the data has too few rows after the identify rows, other data.
+    """
     method = (plan.edit_info or {}).get("method") or {}
     used = method.get("data") or {}
     n_used = used.get("n_pairs") or used.get("limit")
@@ -470,8 +518,17 @@ def _overlap_warning(plan: _Plan, s: EvaluateSettings, data_info: dict[str, Any]
         return None
     if not _same_source(str(used["source"]), str(data_info["source"])) or s.skip >= n_used:
         return None
-    return (f"the evaluation rows {data_info['rows'][0]}–{data_info['rows'][1] - 1} overlap the {n_used} rows of "
-            f"{used['source']} the neurons were identified on; pass --skip {n_used} for a held-out evaluation")
+    overlap = (f"the evaluation rows {data_info['rows'][0]}–{data_info['rows'][1] - 1} overlap the {n_used} rows "
+               f"of {used['source']} the neurons were identified on")
+    total = rows(n_used + s.n_pairs)
+    held_out = total - n_used
+    if held_out >= s.n_pairs:
+        return f"{overlap}; pass --skip {n_used} for a held-out evaluation"
+    if held_out >= 2:
+        return (f"{overlap}; only {held_out} rows follow them ({total} in all), fewer than --n-pairs {s.n_pairs}: "
+                f"pass --skip {n_used} --n-pairs {held_out}, or held-out data with --data")
+    return (f"{overlap}; the data has {total} rows, so none are held out: evaluate on other data with --data "
+            "for a held-out evaluation")
 
 
 def _collect() -> None:
@@ -519,7 +576,7 @@ def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = No
     sizes = {lang: len(v) for lang, v in texts.items()}
     original_path = resolve_source(s.original, revision=s.revision).path
     plan = _plan(s, original_path, texts, _warn)
-    overlap = _overlap_warning(plan, s, data_info)
+    overlap = _overlap_warning(plan, s, data_info, lambda limit: count_rows(s, limit))
     if overlap:
         _warn(overlap)
 
@@ -618,16 +675,54 @@ def card_markdown(data: dict[str, Any], plot_prefix: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
-                report_dir: str | Path | None = None) -> Path:
-    """Put the headline table into ``card_dir/README.md`` between the evaluation markers."""
-    from tnedit.card import update_card_section
-    from tnedit.checkpoint import CARD_NAME
+def _local(path: str | Path | None) -> Path | None:
+    """``path`` when it names something on this machine (not a Hub id, the built-in data or a neuron list)."""
+    if path is None or isinstance(path, NeuronSet):
+        return None
+    local = Path(path).expanduser()
+    return local if local.exists() else None
 
-    data = report.data if isinstance(report, EvaluationReport) else report
+
+def check_report_dir(out: str | Path, settings: EvaluateSettings, overwrite: bool = False,
+                     card_dir: str | Path | None = None) -> None:
+    """Refuse a report directory that would destroy or live inside something the evaluation reads.
+
+    OUT must not be, contain or lie inside ORIGINAL, EDITED or the ``--update-card`` directory, and
+    must not be or contain the neurons file, ``--data`` or ``--qa`` (``--overwrite`` would delete them).
+    Cheap: run it before any model is loaded.
+    """
+    sources = [p for p in map(_local, (settings.original, settings.edited, card_dir)) if p is not None]
+    inputs = [p for p in map(_local, (settings.neurons, settings.data, settings.qa)) if p is not None]
+    for source in sources or [None]:
+        check_output_dir(out, source=source, overwrite=overwrite, inputs=inputs)
+
+
+def check_card_dir(card_dir: str | Path, original: str | Path | None = None) -> Path:
+    """``--update-card DIR`` must be a checkpoint written by ``tnedit apply`` (it has tnedit.json), never ORIGINAL."""
     card_dir = Path(card_dir)
     if not card_dir.is_dir():
         raise InputError(f"--update-card: {card_dir} is not a directory")
+    local = _local(original)
+    if local is not None and local.is_dir() and os.path.samefile(card_dir, local):
+        raise InputError(f"--update-card: {card_dir} is ORIGINAL; only an edited checkpoint's card gets the "
+                         "evaluation (usually EDITED's)")
+    if not (card_dir / PROVENANCE_NAME).is_file():
+        raise InputError(f"--update-card: {card_dir} has no {PROVENANCE_NAME}; only a checkpoint written by "
+                         "`tnedit apply` gets an evaluation section in its card")
+    return card_dir
+
+
+def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
+                report_dir: str | Path | None = None) -> Path:
+    """Put the headline table into ``card_dir/README.md`` between the evaluation markers, atomically.
+
+    ``card_dir`` must be a checkpoint written by ``tnedit apply`` (see :func:`check_card_dir`).
+    """
+    from tnedit.card import replace_section
+    from tnedit.checkpoint import CARD_NAME
+
+    data = report.data if isinstance(report, EvaluationReport) else report
+    card_dir = check_card_dir(card_dir)
     prefix = None
     if report_dir is not None:
         try:
@@ -635,5 +730,6 @@ def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
         except ValueError:
             prefix = None
     path = card_dir / CARD_NAME
-    update_card_section(path, CARD_SECTION, card_markdown(data, prefix))
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text(path, replace_section(text, CARD_SECTION, card_markdown(data, prefix)))
     return path

@@ -20,6 +20,7 @@ from typing import Any
 
 from tnedit.checkpoint import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, read_header, require_directory, sha256_files
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
+from tnedit.outputs import contained_name
 
 Log = Callable[[str], None]
 
@@ -92,24 +93,95 @@ def local_files(path: Path) -> list[str]:
     return list(filter_repo_objects(rel, ignore_patterns=list(DEFAULT_IGNORE_PATTERNS)))
 
 
-def _read_provenance(path: Path) -> dict[str, Any]:
+# Keys of tnedit.json that push (the card, the commit message) and evaluate (the edit) read, and their types.
+PROVENANCE_KEYS: tuple[tuple[str, str, type], ...] = (
+    ("source", "name_or_path", str),
+    ("source", "model_type", str),
+    ("source", "num_layers", int),
+    ("edit", "op", str),
+    ("edit", "n_neurons", int),
+    ("edit", "per_layer", dict),
+    ("edit", "neurons", list),
+    ("edit", "semantics", str),
+)
+_JSON_TYPE = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
+
+
+def check_provenance(path: Path, prov: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a ``tnedit.json`` that lacks a key tnedit reads, or whose weight names leave ``path``.
+
+    ``weights`` must map each weight file (a name inside ``path``) to ``{"sha256": HEX}``.
+    """
+    where = path / PROVENANCE_NAME
+    for section, key, kind in PROVENANCE_KEYS:
+        block = prov.get(section)
+        value = block.get(key) if isinstance(block, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{where}: key '{section}.{key}' is missing or not {_JSON_TYPE[kind]}")
+    edit = prov["edit"]
+    if edit["op"] not in ("zero", "scale"):
+        raise CheckpointError(f"{where}: key 'edit.op' must be 'zero' or 'scale', got {edit['op']!r}")
+    factor = edit.get("factor")
+    if edit["op"] == "scale" and (not isinstance(factor, int | float) or isinstance(factor, bool)):
+        raise CheckpointError(f"{where}: key 'edit.factor' must be a number for op 'scale', got {factor!r}")
+    if not isinstance(prov.get("neuron_set") or {}, dict):
+        raise CheckpointError(f"{where}: key 'neuron_set' must be an object")
+    weights = prov.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{where}: key 'weights' must map each weight file to its sha256")
+    for name, entry in weights.items():
+        contained_name(path, name, f"{where}: weights")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise CheckpointError(f"{where}: weights['{name}'] has no sha256")
+    return prov
+
+
+def read_checkpoint_provenance(path: Path) -> dict[str, Any]:
+    """The checked ``tnedit.json`` of a directory written by ``tnedit apply``; CheckpointError otherwise."""
     from tnedit.edit import read_provenance
 
     if not (path / PROVENANCE_NAME).is_file():
         raise CheckpointError(
-            f"{path}: not a tnedit checkpoint (no {PROVENANCE_NAME}); `tnedit push` uploads directories written "
-            "by `tnedit apply`"
+            f"{path}: not a tnedit checkpoint (no {PROVENANCE_NAME}); expected a directory written by `tnedit apply`"
         )
-    prov = read_provenance(path)
-    weights = prov.get("weights")
-    if not isinstance(weights, dict) or not weights:
-        raise CheckpointError(f"{path / PROVENANCE_NAME}: key 'weights' must map each weight file to its sha256")
+    return check_provenance(path, read_provenance(path))
+
+
+def missing_weights(path: Path, prov: dict[str, Any]) -> str | None:
+    """One line naming the weight files ``tnedit.json`` lists that ``path`` lacks; None when none is missing."""
+    missing = [w for w in prov["weights"] if not (path / w).is_file()]
+    if missing:
+        return f"{path}: weight file(s) listed in {PROVENANCE_NAME} are missing: {', '.join(missing)}"
+    return None
+
+
+def check_push_dir(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The cheap checks of DIR (a directory with a complete ``tnedit.json``), before any request or hashing."""
+    path = Path(path)
+    require_directory(path, InputError)
+    return path, read_checkpoint_provenance(path)
+
+
+def weights_problem(path: Path, prov: dict[str, Any], digests: dict[str, str] | None = None,
+                    progress: Callable[[int], Any] | None = None) -> str | None:
+    """Why the weight files in ``path`` are not the ones ``tnedit.json`` records, in one line; None if they are.
+
+    ``digests`` (file -> SHA-256) saves hashing again when the caller has them; otherwise the
+    recorded files are hashed, several at a time.
+    """
+    weights: dict[str, dict[str, Any]] = prov["weights"]
+    missing = missing_weights(path, prov)
+    if missing:
+        return missing
+    if digests is None:
+        digests = dict(zip(weights, sha256_files([path / w for w in weights], progress), strict=True))
     for name, entry in weights.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise CheckpointError(f"{path / PROVENANCE_NAME}: weights['{name}'] has no sha256")
-    if not isinstance(prov.get("source"), dict) or "name_or_path" not in prov["source"]:
-        raise CheckpointError(f"{path / PROVENANCE_NAME}: key 'source' must name the base model")
-    return prov
+        if digests[name] != entry["sha256"]:
+            return (
+                f"{path / name}: SHA-256 differs from {PROVENANCE_NAME} ({digests[name][:12]}… vs "
+                f"{entry['sha256'][:12]}…); the checkpoint was modified after apply"
+            )
+    return None
 
 
 def _source_card(path: Path) -> str | None:
@@ -170,7 +242,7 @@ def prepare_card(path: Path, provenance: dict[str, Any]) -> tuple[bytes, str, li
 
     try:
         expected_text = render_card(provenance, _source_card(path))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / PROVENANCE_NAME}: cannot render a model card from it ({exc!r})") from None
     card = path / CARD_NAME
     if not card.is_file():
@@ -199,14 +271,12 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     """
     from tqdm.auto import tqdm
 
-    path = Path(path)
-    require_directory(path, InputError)
-    prov = _read_provenance(path)
+    path, prov = check_push_dir(path)
     weights: dict[str, dict[str, Any]] = prov["weights"]
     files = [f for f in local_files(path) if f != CARD_NAME]
-    missing = [w for w in weights if not (path / w).is_file()]
+    missing = missing_weights(path, prov)
     if missing:
-        raise CheckpointError(f"{path}: weight file(s) listed in {PROVENANCE_NAME} are missing: {', '.join(missing)}")
+        raise CheckpointError(missing)
     extra = [f for f in files if f.endswith(WEIGHT_SUFFIX) and f not in weights and f != REVERT_NAME]
     if extra:
         raise CheckpointError(
@@ -219,12 +289,9 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     total = sum((path / f).stat().st_size for f in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="checksum", disable=not progress) as bar:
         sha256 = dict(zip(files, sha256_files([path / f for f in files], bar.update), strict=True))
-    for name, entry in weights.items():
-        if sha256[name] != entry["sha256"]:
-            raise CheckpointError(
-                f"{path / name}: SHA-256 differs from {PROVENANCE_NAME} ({sha256[name][:12]}… vs "
-                f"{entry['sha256'][:12]}…); the checkpoint was modified after apply, refusing to upload"
-            )
+    problem = weights_problem(path, prov, digests=sha256)
+    if problem:
+        raise CheckpointError(f"{problem}, refusing to upload")
     card, status, card_notes = prepare_card(path, prov)
     return PreparedDir(path, prov, sha256, card, status, notes + card_notes)
 
@@ -375,6 +442,7 @@ def push_checkpoint(
         validate_repo_id(repo)
     except HFValidationError as exc:
         raise InputError(f"invalid repo id {repo!r}: {_first_line(str(exc))}") from None
+    check_push_dir(settings.dir)  # a bad DIR is reported before offline mode or a missing token
     if constants.is_offline_mode():
         raise HubError(f"cannot push {repo}: offline mode is on (HF_HUB_OFFLINE); unset it to upload")
     api = api if api is not None else HfApi(endpoint=settings.endpoint or None)

@@ -29,7 +29,8 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,26 @@ from tnedit.capture import (
     LoadedModel,
     dtype_name,
     encode_batches,
+    encode_texts,
     load_model,
     num_batches,
     progress_bar,
+    resolve_max_length,
     stat_device,
 )
 from tnedit.errors import CorpusError, InputError, NeuronSetError
-from tnedit.neurons import Method, ModelInfo, Neuron, NeuronFormatError, NeuronSet, format_layers, round_half_up
+from tnedit.neurons import (
+    Method,
+    ModelInfo,
+    Neuron,
+    NeuronFormatError,
+    NeuronSet,
+    format_layers,
+    load_neurons,
+    round_half_up,
+)
 from tnedit.neurons import parse_layers as neurons_parse_layers
+from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name
 from tnedit.stats import eta2_summary, eta_squared_from_sums
 
 TYPE1_FRACTION = 0.625
@@ -134,6 +147,8 @@ class IdentifyResult:
     set_files: dict[tuple[str, int], Path] = field(default_factory=dict)
     seconds: float = 0.0
     batches: int = 0
+    max_length: int | None = None  # tokens per sentence the passes read
+    truncated: dict[str, int] = field(default_factory=dict)  # pass name -> sentences cut to max_length
 
     def scores(self, language: str, neuron_type: int) -> np.ndarray:
         """Mean scores ``[layers, intermediate]`` (float64) of one language and type."""
@@ -168,6 +183,8 @@ class IdentifyResult:
             "files": [str(f) for f in self.files],
             "seconds": round(self.seconds, 3),
             "batches": self.batches,
+            "max_length": self.max_length,
+            "truncated": dict(self.truncated),
         }
 
 
@@ -584,7 +601,7 @@ class _Runner:
                  on_batch: BatchCallback | None = None):
         self.lm = lm
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.max_length = resolve_max_length(lm, max_length)
         self.quiet = quiet
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -592,19 +609,21 @@ class _Runner:
         self.batches = 0
 
     @torch.no_grad()
-    def run(self, p: _Pass) -> None:
+    def run(self, p: _Pass) -> list[bool]:
+        """Run one pass (or restore it from the checkpoint); returns which of its sentences were truncated."""
+        encoded = encode_texts(self.lm.tokenizer, p.texts, self.max_length)
         ck = self.checkpoint
         if ck is not None and p.name in ck.done:
-            p.load(ck.tensors)
-            return
+            ck.restore(p)
+            return encoded.truncated
         start = 0
         if ck is not None and ck.current == p.name and ck.batches_done:
-            p.load(ck.tensors)
+            ck.restore(p)
             start = ck.batches_done
         total = num_batches(len(p.texts), self.batch_size)
         bar = progress_bar(total, p.name, self.quiet, initial=start)
         try:
-            batches = encode_batches(self.lm.tokenizer, p.texts, self.batch_size, self.lm.device, self.max_length)
+            batches = encode_batches(self.lm.tokenizer, encoded, self.batch_size, self.lm.device)
             with LastTokenCapture(self.lm, p.want, p.layers) as cap:
                 for i, batch in enumerate(batches):
                     if i < start:
@@ -621,6 +640,7 @@ class _Runner:
             bar.close()
         if ck is not None:
             ck.finish(p, persist=bool(self.checkpoint_every))
+        return encoded.truncated
 
 
 # --- resumable checkpoints -----------------------------------------------------------------------
@@ -648,31 +668,49 @@ class _Checkpoint:
     def exists(self) -> bool:
         return self.state_path.is_file()
 
+    def _corrupt(self, what: str) -> InputError:
+        return InputError(f"{self.state_path}: {what}; rerun without --resume to start over")
+
     def load(self) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(
-                f"{self.state_path}: unreadable resume state ({exc}); delete {self.dir} to start over"
-            ) from None
+            raise self._corrupt(f"unreadable resume state ({exc})") from None
+        if not isinstance(state, dict):
+            raise self._corrupt(f"the resume state must be a JSON object, got {type(state).__name__}")
         if state.get("key") != self.key:
-            old = state.get("key") or {}
+            old = state.get("key") if isinstance(state.get("key"), dict) else {}
             diff = sorted(k for k in set(self.key) | set(old) if self.key.get(k) != old.get(k))
             raise InputError(
                 f"{self.state_path}: cannot resume: the checkpoint was made with different settings "
                 f"({', '.join(diff)}); rerun with the same options or without --resume"
             )
-        tensor_file = self.dir / state["tensors"] if state.get("tensors") else None
-        if tensor_file is not None:
+        try:
+            self.done = [str(x) for x in state.get("done", [])]
+            self.current = state.get("current")
+            self.batches_done = int(state.get("batches_done", 0))
+            self.step = int(state.get("step", 0))
+            tensors = state.get("tensors")
+        except (TypeError, ValueError):
+            raise self._corrupt("keys 'done', 'batches_done' and 'step' must be a list and counts") from None
+        if tensors:
+            tensor_file = contained_name(self.dir, tensors, f"{self.state_path}: key 'tensors'")
             if not tensor_file.is_file():
-                raise InputError(f"{self.state_path}: names {tensor_file.name}, which is missing; delete {self.dir}")
-            self.tensors = dict(load_file(str(tensor_file)))
-        self.done = list(state.get("done", []))
-        self.current = state.get("current")
-        self.batches_done = int(state.get("batches_done", 0))
-        self.step = int(state.get("step", 0))
+                raise self._corrupt(f"names {tensor_file.name}, which is missing")
+            try:
+                self.tensors = dict(load_file(str(tensor_file)))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise self._corrupt(f"{tensor_file.name} is not readable ({exc})") from None
+
+    def restore(self, p: _Pass) -> None:
+        """Load one pass's partial sums from the state; a state missing them is refused, one line."""
+        try:
+            p.load(self.tensors)
+        except (KeyError, IndexError, RuntimeError) as exc:
+            raise self._corrupt(f"the saved sums lack or misshape {exc} for pass {p.name}") from None
 
     def _write(self) -> None:
         from safetensors.torch import save_file
@@ -680,9 +718,8 @@ class _Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.step += 1
         name = f"sums-{self.step:06d}.safetensors"
-        tmp = self.dir / f".{name}.tmp-{os.getpid()}"
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp))
-        os.replace(tmp, self.dir / name)
+        with atomic_file(self.dir / name, record=False) as tmp:  # the state is listed as a whole
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp))
         state = {
             "format": "tnedit.identify-checkpoint/1",
             "key": self.key,
@@ -692,9 +729,10 @@ class _Checkpoint:
             "batches_done": self.batches_done,
             "step": self.step,
         }
-        tmp_state = self.dir / f".state.json.tmp-{os.getpid()}"
-        tmp_state.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp_state, self.state_path)
+        with atomic_file(self.state_path, record=False) as tmp:  # replaced last: it names a sums file already complete
+            tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        if self._listed not in COMPLETED:  # an interrupted run names the resume state it keeps
+            COMPLETED.append(self._listed)
         for old in self.dir.glob("sums-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -712,8 +750,15 @@ class _Checkpoint:
         if persist:
             self._write()
 
+    @property
+    def _listed(self) -> Path:
+        return Path(os.path.abspath(self.dir))
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self._listed in COMPLETED:
+            COMPLETED.remove(self._listed)
+
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -747,7 +792,7 @@ def load_identify_corpus(settings: IdentifySettings, languages: Sequence[str], t
 
     cols = [SHARED_LANGUAGE] + [lang for lang in languages if lang != SHARED_LANGUAGE]
     corpus = corpus_mod.load_corpus(settings.data, cols, limit=settings.limit)
-    if tokenizer is not None and hasattr(corpus_mod, "check_tokenizable"):
+    if tokenizer is not None:
         corpus_mod.check_tokenizable(corpus, tokenizer, cols)
     return corpus
 
@@ -764,20 +809,103 @@ def default_languages(settings: IdentifySettings) -> list[str]:
 
 
 def default_output_dir(model: str) -> Path:
-    name = Path(str(model).rstrip("/")).name or "model"
-    return Path("tnedit-identify") / name
+    local = Path(model).expanduser()
+    name = Path(os.path.abspath(local)).name if local.is_dir() else Path(str(model).rstrip("/")).name
+    return Path("tnedit-identify") / (name or "model")
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+def _inside(path: Path | str, root: Path | str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it, symlinks resolved."""
+    p, r = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return p == r or r in p.parents
+
+
+def _local_model_dir(model: str | os.PathLike[str] | None) -> Path | None:
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    return path if path.is_dir() else None
+
+
+def require_writable(path: Path | str, where: str = "-o", *, file: bool = False) -> None:
+    """Refuse, before any work, an output whose nearest existing ancestor is a file, read-only or not ours.
+
+    ``file``: ``path`` names a file (which may exist), so the search starts at its directory.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    existing = path.parent if file else path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{where} {path}: cannot be created, {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        raise InputError(f"{where} {path}: cannot write in {existing} "
+                         f"({'read-only file system' if read_only else 'permission denied'})")
+
+
+def check_output_directory(out: Path | str, model: str | os.PathLike[str] | None, where: str = "-o") -> None:
+    """Refuse an identify/LAPE output directory that is a file, is or lies inside the model, or cannot be written.
+
+    identify adds its files to an existing directory (a second language, a resumed run), so an
+    existing directory is fine; the model's own directory never is, resume state included.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{where} {out}: exists and is not a directory (expected an output directory)")
+    source = _local_model_dir(model)
+    if source is not None and _inside(out, source):
+        raise InputError(f"{where} {out}: is inside the model directory {source}; tnedit never writes into its input, "
+                         "choose another output directory")
+    require_writable(out, where)
+
+
+def check_output_json(
+    path: Path | str, *, overwrite: bool, inputs: Sequence[Path | str] = (), model: str | None = None
+) -> None:
+    """Refuse a single-file output (a control set, a select result) that is an input, exists without
+    ``overwrite``, lies in the model directory, or cannot be written."""
+    path = Path(path)
+    check_output_file(path, overwrite, inputs)
+    source = _local_model_dir(model)
+    if source is not None and _inside(path, source):
+        raise InputError(f"{path}: is inside the model directory {source}; tnedit never writes into its input")
+    require_writable(path, "-o", file=True)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing an output names the output, not its temporary sibling."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def save_neuron_set(ns: NeuronSet, path: str | os.PathLike[str]) -> Path:
+    """:meth:`NeuronSet.save` (atomic, via :mod:`tnedit.outputs`) with a write error that names ``path``."""
+    path = Path(path)
+    with _writing(path):
+        ns.save(path)
+    return path
+
+
+def read_neurons(path: str | os.PathLike[str], where: str) -> NeuronSet:
+    """:func:`tnedit.neurons.load_neurons` with errors that say which option the file came from."""
+    try:
+        return load_neurons(path)
+    except NeuronFormatError as exc:
+        raise NeuronSetError(f"{where}: {exc}") from None
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    with _writing(path), atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        umask = os.umask(0)  # the permissions any other file of the user gets
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
 
 
 @dataclass
@@ -811,8 +939,70 @@ def save_scores(sf: ScoresFile, path: str | os.PathLike[str]) -> Path:
         "n_l2": str(sf.n_l2),
         "tnedit_version": __version__,
     }
-    _atomic_save_safetensors(tensors, metadata, path)
+    _save_safetensors(tensors, metadata, path)
     return path
+
+
+def _meta_json(meta: Mapping[str, str], key: str, where: Path, kind: type, default: Any = None) -> Any:
+    """One JSON-encoded metadata entry of a scores file, of the expected kind; errors name the key."""
+    if key not in meta:
+        if default is not None:
+            return default
+        raise InputError(f"{where}: metadata key '{key}' is missing; is this a scores file written by tnedit identify?")
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: metadata key '{key}' is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: metadata key '{key}' must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _meta_count(meta: Mapping[str, str], key: str, where: Path) -> int:
+    text = meta.get(key, "0")
+    if not text.isdigit():
+        raise InputError(f"{where}: metadata key '{key}' must be a sentence count, got {text!r}")
+    return int(text)
+
+
+def _scores_model(meta: Mapping[str, str], where: Path) -> ModelInfo:
+    raw = _meta_json(meta, "model", where, dict)
+    try:
+        model = ModelInfo(**raw)
+    except TypeError as exc:
+        raise InputError(f"{where}: metadata key 'model' does not describe a model ({exc})") from None
+    if not isinstance(model.name_or_path, str):
+        raise InputError(f"{where}: metadata key 'model' has no 'name_or_path' string")
+    return model
+
+
+def _scores_layers(meta: Mapping[str, str], where: Path, num_layers: int) -> dict[int, list[int]]:
+    raw = _meta_json(meta, "candidate_layers", where, dict)
+    out: dict[int, list[int]] = {}
+    for t, layers in raw.items():
+        ok = str(t) in ("1", "2") and isinstance(layers, list)
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < num_layers for x in layers)
+        if not ok:
+            raise InputError(f"{where}: metadata key 'candidate_layers' must map 1 and 2 to lists of layers "
+                             f"0..{num_layers - 1}, got {t!r}: {layers!r}")
+        out[int(t)] = list(layers)
+    return out
+
+
+def _scores_arrays(arrays: Mapping[str, np.ndarray], where: Path) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+    scores = {int(k[4:]): v for k, v in arrays.items() if re.fullmatch(r"type[12]", k)}
+    if not scores:
+        raise InputError(f"{where}: no 'type1'/'type2' score tensors (found {', '.join(arrays) or 'none'})")
+    shapes = {f"type{t}": v.shape for t, v in scores.items()}
+    if "eta2" in arrays:
+        shapes["eta2"] = arrays["eta2"].shape
+    for key, shape in shapes.items():
+        if len(shape) != 2 or 0 in shape:
+            raise InputError(f"{where}: tensor '{key}' has shape {list(shape)}, expected [layers, intermediate]")
+    if len(set(shapes.values())) > 1:
+        detail = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+        raise InputError(f"{where}: tensors of different shapes ({detail}); expected one [layers, intermediate]")
+    return scores, arrays.get("eta2")
 
 
 def load_scores(path: str | os.PathLike[str]) -> ScoresFile:
@@ -820,29 +1010,32 @@ def load_scores(path: str | os.PathLike[str]) -> ScoresFile:
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"{p}: scores file not found")
+    if not p.is_file():
+        raise InputError(f"{p}: not a file (expected a scores-<lang>.safetensors written by tnedit identify)")
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
             keys = list(fh.keys())
             arrays = {k: fh.get_tensor(k).float().numpy().astype(np.float64) for k in keys}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"{p}: not a readable safetensors file ({exc})") from None
     if meta.get("format") != SCORES_FORMAT:
         raise InputError(f"{p}: metadata key 'format' must be '{SCORES_FORMAT}', got {meta.get('format')!r}")
-    try:
-        model = ModelInfo(**json.loads(meta["model"]))
-        cand = {int(t): list(v) for t, v in json.loads(meta["candidate_layers"]).items()}
-        method = json.loads(meta.get("method", "{}"))
-        language = meta["language"]
-        n_en, n_l2 = int(meta.get("n_en", 0)), int(meta.get("n_l2", 0))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{p}: malformed metadata ({type(exc).__name__}: {exc})") from None
-    scores = {int(k[4:]): v for k, v in arrays.items() if re.fullmatch(r"type\d", k)}
-    if not scores:
-        raise InputError(f"{p}: no 'type1'/'type2' score tensors (found {', '.join(keys) or 'none'})")
-    return ScoresFile(language, scores, arrays.get("eta2"), model, cand, method, n_en, n_l2, p)
+    language = meta.get("language", "")
+    if not language.strip():
+        raise InputError(f"{p}: metadata key 'language' is missing or empty")
+    scores, eta2 = _scores_arrays(arrays, p)
+    num_layers = next(iter(scores.values())).shape[0]
+    model = _scores_model(meta, p)
+    cand = _scores_layers(meta, p, num_layers)
+    method = _meta_json(meta, "method", p, dict, default={})
+    for key in ("data", "extra", "tokenizer"):
+        if not isinstance(method.get(key, {}), dict):
+            raise InputError(f"{p}: metadata key 'method' has a '{key}' that is not an object")
+    n_en, n_l2 = _meta_count(meta, "n_en", p), _meta_count(meta, "n_l2", p)
+    return ScoresFile(language, scores, eta2, model, cand, method, n_en, n_l2, p)
 
 
 def select_from_scores(
@@ -954,7 +1147,8 @@ def score_neurons(
 
 
 def _settings_key(
-    settings: IdentifySettings, lm: LoadedModel, corpus: Any, langs: Sequence[str], types: Sequence[int]
+    settings: IdentifySettings, lm: LoadedModel, corpus: Any, langs: Sequence[str], types: Sequence[int],
+    max_length: int,
 ) -> dict[str, Any]:
     return {
         "model": lm.name_or_path,
@@ -963,11 +1157,66 @@ def _settings_key(
         "languages": list(langs),
         "types": list(types),
         "batch_size": settings.batch_size,
-        "max_length": settings.max_length,
+        "max_length": max_length,
         "dtype": dtype_name(lm.dtype),
         "eta2": bool(settings.eta2),
         "tnedit_version": __version__,
     }
+
+
+def _check_settings(settings: IdentifySettings) -> list[int]:
+    """The option checks that need neither the model nor the data; returns the neuron types."""
+    types = parse_types(settings.type)
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.k < 1:
+        raise InputError(f"--k must be at least 1, got {settings.k}")
+    if settings.limit is not None and settings.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {settings.limit}")
+    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every must be at least 1, got {settings.checkpoint_every}")
+    if (settings.checkpoint_every or settings.resume) and settings.output is None:
+        raise InputError("--checkpoint-every and --resume need an output directory (-o)")
+    if settings.output is not None:
+        check_output_directory(settings.output, settings.model)
+    return types
+
+
+def _target_languages(settings: IdentifySettings, corpus: Any | None) -> tuple[list[str], Any]:
+    """(target languages, corpus): --lang, else every non-English language of the data.
+
+    Runs before the model is loaded, so a bad --data or --lang costs no model load.
+    """
+    langs = parse_languages(settings.langs)
+    if SHARED_LANGUAGE in langs:
+        raise InputError(f"--lang: '{SHARED_LANGUAGE}' is the shared language; give the target languages (e.g. ja,ko)")
+    if corpus is None:
+        if not langs:
+            langs = default_languages(settings)
+        corpus = load_identify_corpus(settings, langs)
+    if not langs:
+        langs = [x for x in getattr(corpus, "languages", []) if x != SHARED_LANGUAGE]
+    if not langs:
+        raise InputError("no target language: pass --lang (e.g. --lang ja)")
+    return langs, corpus
+
+
+def _open_checkpoint(settings: IdentifySettings, out_dir: Path | None, key: dict[str, Any]) -> _Checkpoint | None:
+    if out_dir is None or not (settings.checkpoint_every or settings.resume):
+        return None
+    ck = _Checkpoint(out_dir / CHECKPOINT_DIR, key)
+    if settings.resume:
+        if ck.exists():
+            ck.load()
+        else:
+            _warn(settings, f"--resume: no checkpoint under {ck.dir}; starting from the beginning")
+    elif ck.exists():
+        ck.remove()
+    return ck
+
+
+def _stack(xs: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack([x.cpu() for x in xs]).numpy()
 
 
 def identify(
@@ -983,113 +1232,110 @@ def identify(
     :class:`tnedit.corpus.ParallelCorpus`. ``on_batch(pass_name, done, total)`` is called after every
     batch (and after any checkpoint): raising from it interrupts the run like a crash would.
     Writes ``neurons-<lang>-type<t>.json`` and ``scores-<lang>.safetensors`` under
-    ``settings.output`` when it is set.
+    ``settings.output`` when it is set, each file atomically, and only once every pass is done.
+    Sentences are cut to ``settings.max_length`` tokens (default: the model's context length, at
+    most :data:`tnedit.capture.MAX_LENGTH_CAP`); ``result.truncated`` counts them per pass.
     """
     started = time.perf_counter()
-    types = parse_types(settings.type)
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    if settings.k < 1:
-        raise InputError(f"--k must be at least 1, got {settings.k}")
-    if settings.checkpoint_every is not None and settings.checkpoint_every < 1:
-        raise InputError(f"--checkpoint-every must be at least 1, got {settings.checkpoint_every}")
-    if (settings.checkpoint_every or settings.resume) and settings.output is None:
-        raise InputError("--checkpoint-every and --resume need an output directory (-o)")
+    types = _check_settings(settings)
+    from_data = corpus is None
+    langs, corpus = _target_languages(settings, corpus)
     if lm is None:
         lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
                         device=settings.device, device_map=settings.device_map)
-    langs = parse_languages(settings.langs)
-    if SHARED_LANGUAGE in langs:
-        raise InputError(f"--lang: '{SHARED_LANGUAGE}' is the shared language; give the target languages (e.g. ja,ko)")
-    if corpus is None:
-        if not langs:
-            langs = default_languages(settings)
-        corpus = load_identify_corpus(settings, langs, lm.tokenizer)
-    if not langs:
-        langs = [x for x in getattr(corpus, "languages", []) if x != SHARED_LANGUAGE]
-    if not langs:
-        raise InputError("no target language: pass --lang (e.g. --lang ja)")
+    if from_data:
+        from tnedit.corpus import check_tokenizable
+
+        check_tokenizable(corpus, lm.tokenizer, [SHARED_LANGUAGE, *langs])
+    out_dir = Path(settings.output) if settings.output is not None else None
+    if out_dir is not None and lm.path is not None:
+        check_output_directory(out_dir, lm.path)  # a Hub model's snapshot directory, known only now
+    max_length = resolve_max_length(lm, settings.max_length)
+    if out_dir is not None and settings.data is not None:
+        for lang in langs:
+            for name in [f"scores-{lang}.safetensors"] + [f"neurons-{lang}-type{t}.json" for t in types]:
+                check_output_file(out_dir / name, overwrite=True, inputs=[settings.data])
 
     num_layers = lm.num_layers
     cand = candidate_layers(types, num_layers, settings.layers)
     file_layers = candidate_layers([1, 2], num_layers, settings.layers)  # recorded in the scores file
-    all_layers = list(range(num_layers))
-    model_info = lm.model_info()
-    out_dir = Path(settings.output) if settings.output is not None else None
-
-    ck: _Checkpoint | None = None
-    if out_dir is not None and (settings.checkpoint_every or settings.resume):
-        ck = _Checkpoint(out_dir / CHECKPOINT_DIR, _settings_key(settings, lm, corpus, langs, types))
-        if settings.resume:
-            if ck.exists():
-                ck.load()
-            else:
-                _warn(settings, f"--resume: no checkpoint under {ck.dir}; starting from the beginning")
-        elif ck.exists():
-            ck.remove()
-    runner = _Runner(lm, batch_size=settings.batch_size, max_length=settings.max_length, quiet=settings.quiet,
+    ck = _open_checkpoint(settings, out_dir, _settings_key(settings, lm, corpus, langs, types, max_length))
+    runner = _Runner(lm, batch_size=settings.batch_size, max_length=max_length, quiet=settings.quiet,
                      checkpoint=ck, checkpoint_every=settings.checkpoint_every, on_batch=on_batch)
+    measured = _Measurements(lm, runner, with_en=1 in types or settings.eta2, eta2=settings.eta2)
+    stats = {lang: measured.language(lang, *_pairs(corpus, lang)) for lang in langs}
+    if any(measured.truncated.values()):
+        cut = ", ".join(f"{name} {n}" for name, n in measured.truncated.items() if n)
+        _warn(settings, f"sentences longer than {max_length} tokens were truncated ({cut})")
 
-    need_en = 1 in types or settings.eta2
-    stats: dict[str, LanguageStats] = {}
-    en_cache: dict[str, _Sums] = {}
-    for lang in langs:
-        en, l2 = _pairs(corpus, lang)
-        en_key = _sha_texts(en) + (f"-{settings.max_length}" if settings.max_length else "")
-        cached = en_cache.get(en_key) if need_en else None
-        cp = CentroidPass(lm, lang, en if (need_en and cached is None) else None, l2, all_layers, en_key,
-                          with_acts=settings.eta2)
-        runner.run(cp)
-        en_sums = cached or cp.en
-        if en_sums is not None:
-            en_cache[en_key] = en_sums
-        mean_l2 = torch.stack([x.cpu() for x in cp.l2.h]).numpy() / cp.l2.n
-        # Both types' scores come from the same passes at almost no cost (a few extra rows in the
-        # last-token product), so the scores file always holds every type the data allows.
-        centroids: dict[int, np.ndarray] = {2: mean_l2}
-        if en_sums is not None:
-            mean_en = torch.stack([x.cpu() for x in en_sums.h]).numpy() / en_sums.n
-            centroids[1] = (mean_en + mean_l2) / 2.0
-        sp = ScorePass(lm, lang, l2, all_layers, centroids)
-        runner.run(sp)
-        eta2 = None
-        if settings.eta2 and en_sums is not None and en_sums.a is not None:
-            def stack(xs: list[torch.Tensor]) -> np.ndarray:
-                return torch.stack([x.cpu() for x in xs]).numpy()
-
-            eta2 = eta_squared_from_sums(stack(cp.l2.a), stack(cp.l2.a2), cp.l2.n,
-                                         stack(en_sums.a), stack(en_sums.a2), en_sums.n)
-        stats[lang] = LanguageStats(lang, len(l2), sp.means(), centroids, eta2,
-                                    en_sums.n if en_sums is not None else 0, cp.l2.n)
-
-    # selection and outputs
+    result = IdentifyResult(lm.model_info(), list(langs), types, cand, stats, {}, batches=runner.batches,
+                            max_length=max_length, truncated=dict(measured.truncated))
     method_base = {
         "data": {"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None)},
         "dtype": dtype_name(lm.dtype),
         "tokenizer": lm.tokenizer_facts(),
-        "extra": {"batch_size": settings.batch_size, "max_length": settings.max_length},
+        "extra": {"batch_size": settings.batch_size, "max_length": max_length},
     }
-    result = IdentifyResult(model_info, list(langs), types, cand, stats, {}, batches=runner.batches)
     for lang, st in stats.items():
         base = json.loads(json.dumps(method_base))
         base["data"]["n_pairs"] = st.n_pairs
-        layers_in_file = {t: file_layers[t] for t in st.scores}
-        sf = ScoresFile(lang, st.scores, st.eta2, model_info, layers_in_file, base, st.n_en, st.n_l2)
-        if out_dir is not None:
-            path = save_scores(sf, out_dir / f"scores-{lang}.safetensors")
-            sf.path = path
-            result.files.append(path)
-        for t in types:
-            ns = select_from_scores(sf, t, settings.k, cand[t], settings=settings)
-            if out_dir is not None:
-                path = ns.save(out_dir / f"neurons-{lang}-type{t}.json")
-                result.files.append(path)
-                result.set_files[(lang, t)] = path
-            result.neuron_sets[(lang, t)] = ns
+        base["extra"]["truncated"] = {name: n for name, n in measured.truncated.items() if name.startswith(f"{lang}:")}
+        _select_and_write(result, st, base, {t: file_layers[t] for t in st.scores}, settings, out_dir)
     if ck is not None:
         ck.remove()
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _Measurements:
+    """The centroid and score passes of each language, sharing one English pass between languages."""
+
+    def __init__(self, lm: LoadedModel, runner: _Runner, *, with_en: bool, eta2: bool):
+        self.lm, self.runner, self.with_en, self.eta2 = lm, runner, with_en, eta2
+        self.en_cache: dict[str, tuple[_Sums, int]] = {}  # en_key -> (sums, sentences truncated)
+        self.truncated: dict[str, int] = {}  # pass name -> sentences its statistics rest on that were cut
+
+    def language(self, lang: str, en: list[str], l2: list[str]) -> LanguageStats:
+        lm, all_layers = self.lm, list(range(self.lm.num_layers))
+        en_key = f"{_sha_texts(en)}-{self.runner.max_length}"
+        cached = self.en_cache.get(en_key) if self.with_en else None
+        cp = CentroidPass(lm, lang, en if (self.with_en and cached is None) else None, l2, all_layers, en_key,
+                          with_acts=self.eta2)
+        cut = self.runner.run(cp)
+        if cp.en is not None:
+            self.en_cache[en_key] = (cp.en, sum(cut[: cp.n_en_texts]))
+        en_sums, en_cut = self.en_cache[en_key] if self.with_en else (None, 0)
+        self.truncated[f"{lang}:centroids"] = en_cut + sum(cut[cp.n_en_texts :])
+        mean_l2 = _stack(cp.l2.h) / cp.l2.n
+        # Both types' scores come from the same passes at almost no cost (a few extra rows in the
+        # last-token product), so the scores file always holds every type the data allows.
+        centroids: dict[int, np.ndarray] = {2: mean_l2}
+        if en_sums is not None:
+            centroids[1] = (_stack(en_sums.h) / en_sums.n + mean_l2) / 2.0
+        sp = ScorePass(lm, lang, l2, all_layers, centroids)
+        self.truncated[f"{lang}:scores"] = sum(self.runner.run(sp))
+        eta2 = None
+        if self.eta2 and en_sums is not None and en_sums.a is not None:
+            eta2 = eta_squared_from_sums(_stack(cp.l2.a), _stack(cp.l2.a2), cp.l2.n,
+                                         _stack(en_sums.a), _stack(en_sums.a2), en_sums.n)
+        return LanguageStats(lang, len(l2), sp.means(), centroids, eta2,
+                             en_sums.n if en_sums is not None else 0, cp.l2.n)
+
+
+def _select_and_write(result: IdentifyResult, st: LanguageStats, method: dict[str, Any],
+                      file_layers: dict[int, list[int]], settings: IdentifySettings, out_dir: Path | None) -> None:
+    """Rank one language's neurons for every requested type; write its scores file and neuron sets."""
+    sf = ScoresFile(st.language, st.scores, st.eta2, result.model, file_layers, method, st.n_en, st.n_l2)
+    if out_dir is not None:
+        sf.path = save_scores(sf, out_dir / f"scores-{st.language}.safetensors")
+        result.files.append(sf.path)
+    for t in result.types:
+        ns = select_from_scores(sf, t, settings.k, result.candidate_layers[t], settings=settings)
+        if out_dir is not None:
+            path = save_neuron_set(ns, out_dir / f"neurons-{st.language}-type{t}.json")
+            result.files.append(path)
+            result.set_files[(st.language, t)] = path
+        result.neuron_sets[(st.language, t)] = ns
 
 
 # --- random control ------------------------------------------------------------------------------
@@ -1175,14 +1421,14 @@ def random_control(
 def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | None, int, int]:
     """(model info if known, layers, intermediate size) without loading weights.
 
-    Reads the checkpoint headers of a local directory (via :mod:`tnedit.checkpoint`); otherwise
+    Reads the checkpoint headers of a local directory (via :mod:`tnedit.checkpoint`); for a Hub id
     falls back to the ``model`` block of ``like``.
     """
-    from tnedit.checkpoint import open_checkpoint
+    from tnedit.checkpoint import _HUB_ID, open_checkpoint
 
     local = Path(model).expanduser()
-    if local.is_dir():
-        ckpt = open_checkpoint(local)
+    if local.exists() or not _HUB_ID.match(str(model)) or str(model).startswith("."):
+        ckpt = open_checkpoint(local)  # a path that is no model directory fails here, one line
         info = ModelInfo(
             name_or_path=model,
             model_type=ckpt.model_type,

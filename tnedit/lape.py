@@ -9,6 +9,7 @@ transfer neurons; :func:`tnedit.identify.compare` measures that overlap.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,26 @@ import numpy as np
 import torch
 
 from tnedit import __version__
-from tnedit.capture import LoadedModel, dtype_name, encode_batches, load_model, num_batches, progress_bar, stat_device
+from tnedit.capture import (
+    LoadedModel,
+    dtype_name,
+    encode_batches,
+    encode_texts,
+    load_model,
+    num_batches,
+    progress_bar,
+    resolve_max_length,
+    stat_device,
+)
 from tnedit.errors import CorpusError, InputError
-from tnedit.identify import PassSettings, parse_languages, parse_layers
+from tnedit.identify import (
+    IdentifyWarning,
+    PassSettings,
+    check_output_directory,
+    parse_languages,
+    parse_layers,
+    save_neuron_set,
+)
 from tnedit.neurons import Method, Neuron, NeuronSet
 
 
@@ -64,6 +82,17 @@ class _ActCounter:
         return hook
 
 
+@dataclass
+class ActivationCounts:
+    """What the LAPE pass measured: ``probs[layer, neuron, language]`` and, per language, the tokens
+    counted and the sentences cut to ``max_length``."""
+
+    probs: np.ndarray
+    tokens: dict[str, int]
+    truncated: dict[str, int]
+    max_length: int
+
+
 def activation_probabilities(
     lm: LoadedModel,
     texts: Mapping[str, Sequence[str]],
@@ -73,24 +102,27 @@ def activation_probabilities(
     max_length: int | None = None,
     quiet: bool = True,
     exclude_special: bool = True,
-) -> tuple[np.ndarray, dict[str, int]]:
+) -> ActivationCounts:
     """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
 
     A neuron is active on a token when the registry's ``act`` module outputs > 0 (the gate
     ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs). Padding and,
-    with ``exclude_special``, special tokens (BOS) are not counted. Returns P (float64) and the
-    token count per language.
+    with ``exclude_special``, special tokens (BOS) are not counted. Sentences are cut to
+    ``max_length`` tokens (default: the model's context, capped; see
+    :func:`tnedit.capture.resolve_max_length`).
     """
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
+    max_length = resolve_max_length(lm, max_length)
     special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
-    probs = np.zeros((len(layers), lm.intermediate_size, len(texts)))
-    tokens: dict[str, int] = {}
+    counts = ActivationCounts(np.zeros((len(layers), lm.intermediate_size, len(texts))), {}, {}, max_length)
     for j, (lang, rows) in enumerate(texts.items()):
+        encoded = encode_texts(lm.tokenizer, rows, max_length)
+        counts.truncated[lang] = encoded.n_truncated
         counter = _ActCounter(lm, layers)
         n_tok = 0
         bar = progress_bar(num_batches(len(rows), batch_size), f"{lang}:lape", quiet)
         with counter, torch.inference_mode():
-            for batch in encode_batches(lm.tokenizer, rows, batch_size, lm.device, max_length):
+            for batch in encode_batches(lm.tokenizer, encoded, batch_size, lm.device):
                 valid = batch.attention_mask.bool()
                 if exclude_special and special.numel():
                     valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
@@ -101,9 +133,9 @@ def activation_probabilities(
         bar.close()
         if n_tok == 0:
             raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
-        tokens[lang] = n_tok
-        probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tok
-    return probs, tokens
+        counts.tokens[lang] = n_tok
+        counts.probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tok
+    return counts
 
 
 def _kth_value(flat: np.ndarray, rate: float) -> float:
@@ -180,48 +212,71 @@ def lape_path(out_dir: str | os.PathLike[str], language: str) -> Path:
 def identify_lape(
     settings: LapeSettings, *, lm: LoadedModel | None = None, corpus: Any | None = None
 ) -> dict[str, NeuronSet]:
-    """LAPE language-specific neurons, one neuron set per language (method kind "lape")."""
+    """LAPE language-specific neurons, one neuron set per language (method kind "lape").
+
+    Writes ``neurons-<lang>-lape.json`` under ``settings.output`` (each atomically, once every
+    language is measured) when it is set.
+    """
     langs = parse_languages(settings.langs)
     if len(langs) < 2:
         raise InputError("--method lape needs at least two languages (e.g. --langs en,ja,ko)")
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.limit is not None and settings.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {settings.limit}")
+    out_dir = Path(settings.output) if settings.output is not None else None
+    if out_dir is not None:
+        check_output_directory(out_dir, settings.model)
+    from tnedit import corpus as corpus_mod
+
+    from_data = corpus is None
+    if from_data:  # before the model: a bad --data costs no model load
+        corpus = corpus_mod.load_corpus(settings.data, langs, limit=settings.limit)
     if lm is None:
         lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
                         device=settings.device, device_map=settings.device_map)
-    if corpus is None:
-        from tnedit import corpus as corpus_mod
-
-        corpus = corpus_mod.load_corpus(settings.data, langs, limit=settings.limit)
-        if hasattr(corpus_mod, "check_tokenizable"):
-            corpus_mod.check_tokenizable(corpus, lm.tokenizer, langs)
+    if from_data:
+        corpus_mod.check_tokenizable(corpus, lm.tokenizer, langs)
+    if out_dir is not None and lm.path is not None:
+        check_output_directory(out_dir, lm.path)
+    max_length = resolve_max_length(lm, settings.max_length)
     layers = parse_layers(settings.layers, lm.num_layers) or list(range(lm.num_layers))
     texts = {lang: list(corpus.column(lang)) for lang in langs}
-    probs, tokens = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size,
-                                             max_length=settings.max_length, quiet=settings.quiet)
-    sel = lape(probs, langs, layers, top_rate=settings.top_rate, filter_rate=settings.filter_rate,
+    counts = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size, max_length=max_length,
+                                      quiet=settings.quiet)
+    if any(counts.truncated.values()):
+        cut = ", ".join(f"{lang}:lape {n}" for lang, n in counts.truncated.items() if n)
+        warnings.warn(f"sentences longer than {max_length} tokens were truncated ({cut})", IdentifyWarning,
+                      stacklevel=2)
+    sel = lape(counts.probs, langs, layers, top_rate=settings.top_rate, filter_rate=settings.filter_rate,
                bar_rate=settings.bar_rate)
     info = lm.model_info()
-    out: dict[str, NeuronSet] = {}
-    out_dir = Path(settings.output) if settings.output is not None else None
-    for lang in langs:
-        method = Method(
-            kind="lape",
-            type=None,
-            language=lang,
-            languages=list(langs),
-            layers=layers,
-            k=len(sel.neurons[lang]),
-            data={"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None),
-                  "n_sentences": len(texts[lang]), "n_tokens": tokens[lang]},
-            position="all",
-            dtype=dtype_name(lm.dtype),
-            tokenizer=lm.tokenizer_facts(),
-            tnedit_version=__version__,
-            extra={"score": "LAPE entropy (lower = more language-specific)", "top_rate": settings.top_rate,
-                   "filter_rate": settings.filter_rate, "bar_rate": settings.bar_rate,
-                   "filter_value": sel.filter_value, "bar_value": sel.bar_value},
-        )
-        ns = NeuronSet(neurons=sel.neurons[lang], model=info, method=method)
-        if out_dir is not None:
-            ns.save(lape_path(out_dir, lang))
-        out[lang] = ns
-    return out
+    sets = {lang: NeuronSet(neurons=sel.neurons[lang], model=info,
+                            method=_lape_method(settings, lm, corpus, langs, layers, sel, counts, lang))
+            for lang in langs}
+    if out_dir is not None:
+        for lang, ns in sets.items():
+            save_neuron_set(ns, lape_path(out_dir, lang))
+    return sets
+
+
+def _lape_method(settings: LapeSettings, lm: LoadedModel, corpus: Any, langs: Sequence[str], layers: list[int],
+                 sel: LapeSelection, counts: ActivationCounts, lang: str) -> Method:
+    return Method(
+        kind="lape",
+        type=None,
+        language=lang,
+        languages=list(langs),
+        layers=layers,
+        k=len(sel.neurons[lang]),
+        data={"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None),
+              "n_sentences": len(corpus.column(lang)), "n_tokens": counts.tokens[lang]},
+        position="all",
+        dtype=dtype_name(lm.dtype),
+        tokenizer=lm.tokenizer_facts(),
+        tnedit_version=__version__,
+        extra={"score": "LAPE entropy (lower = more language-specific)", "top_rate": settings.top_rate,
+               "filter_rate": settings.filter_rate, "bar_rate": settings.bar_rate,
+               "filter_value": sel.filter_value, "bar_value": sel.bar_value,
+               "max_length": counts.max_length, "truncated": {f"{lang}:lape": counts.truncated[lang]}},
+    )

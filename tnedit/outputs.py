@@ -38,8 +38,10 @@ def contained_name(root: Path, name: Any, where: str) -> Path:
     if not isinstance(name, str) or not name or "\x00" in name:
         raise InputError(f"{where}: expected a relative file name, got {name!r}")
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
-    if posix.is_absolute() or windows.is_absolute() or windows.drive or "\\" in name:
+    if posix.is_absolute() or windows.is_absolute() or windows.drive:
         raise InputError(f"{where}: '{name}' is an absolute path; expected a name inside {root}")
+    if "\\" in name:
+        raise InputError(f"{where}: '{name}' contains a backslash; expected a plain name inside {root}")
     if ".." in posix.parts or name.endswith("/"):
         raise InputError(f"{where}: '{name}' leaves {root} or is not a plain file name")
     return root / posix
@@ -170,8 +172,11 @@ def atomic_directory(out: Path | str, overwrite: bool = False) -> Iterator[Path]
 
 
 @contextmanager
-def atomic_file(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling file; rename it to ``path`` only when the block completes."""
+def atomic_file(path: Path | str, record: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling file; rename it to ``path`` only when the block completes.
+
+    ``record``: list it in COMPLETED (off for the parts of a larger state that is listed as a whole).
+    """
     path = _absolute(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
@@ -179,7 +184,8 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-        COMPLETED.append(path)
+        if record:
+            COMPLETED.append(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -2,7 +2,15 @@
 
 A recipe validates into :class:`Recipe`, a tree of dataclasses. Unknown keys are rejected with
 the nearest valid key suggested. Each step writes a stamp under ``OUTPUT/.tnedit-steps/`` with the hash of
-the settings it depends on; a rerun skips a step whose stamp matches, unless forced.
+the settings it depends on; a rerun skips a step whose stamp matches, unless forced. Each step's
+output (identify's neuron sets, an edited checkpoint, a report), ``recipe.json`` and the stamps
+appear atomically.
+
+Paths in a recipe are relative to the recipe file's directory, not the working directory, so a
+recipe runs the same from anywhere (see :func:`resolve_paths` for the exact rule; values given
+with ``--set`` are relative to the working directory). ``${NAME}`` and ``${NAME:-default}`` in a
+string value are replaced by the environment variable NAME (or the default when NAME is unset or
+empty) before anything else; an unset NAME without a default is an error.
 """
 
 from __future__ import annotations
@@ -11,19 +19,23 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
+import re
 import time
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from tnedit.errors import RecipeError
+from tnedit.errors import InputError, RecipeError
+from tnedit.outputs import atomic_directory, check_output_dir, contained_name, write_json
 
 STAMPS = ".tnedit-steps"
+BUILTIN = "builtin"
 
 
 @dataclass
@@ -50,7 +62,7 @@ class DataSettings:
 
     def resolve(self, source: str, lang: str) -> str | None:
         """The data argument for one language: None means the built-in corpus."""
-        return None if source == "builtin" else source.replace("{lang}", lang)
+        return None if source == BUILTIN else source.replace("{lang}", lang)
 
 
 @dataclass
@@ -65,7 +77,11 @@ class IdentifyStep:
 
 @dataclass
 class EditStep:
-    """One edited checkpoint. ``neurons`` is ``LANG:TYPE`` (an identify output) or a file path."""
+    """One edited checkpoint, written to ``OUTPUT/edits/NAME`` (``name`` is one plain directory name).
+
+    ``neurons`` is ``LANG:TYPE`` (TYPE 1, 2 or lape: an identify output) or a neurons file path.
+    ``layers`` applies before ``top_k``: the edit keeps the first ``top_k`` neurons within ``layers``.
+    """
 
     name: str = ""
     neurons: str = ""
@@ -163,9 +179,56 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in hints:
-            raise RecipeError(f"{where}: unknown key '{key}'{_suggest(str(key), valid)}")
+            at = f"{where}: " if where else ""
+            raise RecipeError(f"{at}unknown key '{key}'{_suggest(str(key), valid)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def _plain_name(name: str, root: Path, where: str) -> None:
+    """A name used as one directory under ``root``: no separators, no ``..``, not absolute."""
+    try:
+        contained_name(root, name, where)
+    except InputError as exc:
+        raise RecipeError(str(exc)) from None
+    if PurePosixPath(name).name != name:
+        raise RecipeError(f"{where}: '{name}' must be a single directory name (no '/')")
+
+
+# An edit's ``neurons`` that names an identify output: LANG:1, LANG:2 or LANG:lape.
+_IDENTIFY_REF = re.compile(r"(?P<lang>[A-Za-z][A-Za-z0-9_-]*):(?P<kind>[^:/\\]+)")
+
+
+def _identify_outputs(recipe: Recipe) -> tuple[list[str], set[str]]:
+    """The languages and TYPEs of the neuron sets the identify step writes."""
+    if recipe.identify.method == "lape":
+        return recipe.identify.lape_languages or ["en", *recipe.languages], {"lape"}
+    kind = str(recipe.identify.type)
+    return list(recipe.languages), {"1", "2"} if kind == "both" else {kind}
+
+
+def identify_ref(neurons: str) -> tuple[str, str] | None:
+    """(LANG, TYPE) when ``neurons`` has the form of an identify output reference, else None.
+
+    After :func:`resolve_paths` a neurons file is an absolute path, which never has this form.
+    """
+    match = _IDENTIFY_REF.fullmatch(neurons)
+    return (match["lang"], match["kind"]) if match else None
+
+
+def _check_counts(recipe: Recipe, where: str) -> None:
+    counts = {
+        "identify.k": (recipe.identify.k, 1),
+        "identify.batch_size": (recipe.identify.batch_size, 1),
+        "data.identify_rows": (recipe.data.identify_rows, 1),
+        "data.evaluate_rows": (recipe.data.evaluate_rows, 2),
+        "evaluate.n_qa": (recipe.evaluate.n_qa, 0),
+        "evaluate.n_gen": (recipe.evaluate.n_gen, 0),
+    }
+    counts.update({f"edits[{i}].top_k": (e.top_k, 1) for i, e in enumerate(recipe.edits)})
+    for key, (value, least) in counts.items():
+        if value is not None and value < least:
+            raise RecipeError(f"{where}: {key} must be at least {least}, got {value}")
 
 
 def _check(recipe: Recipe, where: str) -> Recipe:
@@ -177,13 +240,15 @@ def _check(recipe: Recipe, where: str) -> Recipe:
         raise RecipeError(f"{where}: identify.method must be 'transfer' or 'lape', got {recipe.identify.method!r}")
     if str(recipe.identify.type) not in ("1", "2", "both"):
         raise RecipeError(f"{where}: identify.type must be 1, 2 or both, got {recipe.identify.type!r}")
-    if recipe.identify.k < 1:
-        raise RecipeError(f"{where}: identify.k must be at least 1")
+    _check_counts(recipe, where)
+    _plain_name(recipe.name, Path("runs"), f"{where}: name")
+    ref_langs, ref_kinds = _identify_outputs(recipe)
     names = set()
     for i, edit in enumerate(recipe.edits):
         at = f"{where}: edits[{i}]"
         if not edit.name or not edit.neurons:
             raise RecipeError(f"{at}: keys 'name' and 'neurons' are required")
+        _plain_name(edit.name, Path(recipe.output) / "edits", f"{at}.name")
         if edit.name in names:
             raise RecipeError(f"{at}: duplicate edit name '{edit.name}'")
         names.add(edit.name)
@@ -191,11 +256,19 @@ def _check(recipe: Recipe, where: str) -> Recipe:
             raise RecipeError(f"{at}.op must be zero or scale, got {edit.op!r}")
         if edit.op == "scale" and edit.factor is None:
             raise RecipeError(f"{at}: op scale needs a factor")
+        ref = identify_ref(edit.neurons)
+        if ref and (ref[0] not in ref_langs or ref[1] not in ref_kinds):
+            raise RecipeError(
+                f"{at}.neurons: '{edit.neurons}' names no neuron set the identify step writes (it writes "
+                f"LANG:TYPE for LANG in {ref_langs} and TYPE in {sorted(ref_kinds)})"
+            )
     unknown = sorted(set(recipe.evaluate.metrics) - set(EVALUATE_METRICS))
     if unknown:
         raise RecipeError(f"{where}: evaluate.metrics: unknown {unknown}; valid: {list(EVALUATE_METRICS)}")
     if recipe.evaluate.positions not in ("all", "last", "prompt"):
         raise RecipeError(f"{where}: evaluate.positions must be all, last or prompt")
+    if recipe.evaluate.control not in (None, "random", "none"):
+        raise RecipeError(f"{where}: evaluate.control must be random or none, got {recipe.evaluate.control!r}")
     if recipe.push.edit and recipe.push.edit not in names:
         raise RecipeError(f"{where}: push.edit '{recipe.push.edit}' names no edit; edits: {sorted(names)}")
     return recipe
@@ -209,7 +282,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise RecipeError(f"--set {text!r}: empty key")
-    return path, yaml.safe_load(value) if value.strip() else None
+    if not value.strip():
+        return path, None
+    try:
+        return path, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {text!r}: the value is not valid YAML (quote a string: KEY='VALUE')") from None
+
+
+def _not_a_container(path: list[str], i: int, node: Any) -> RecipeError:
+    return RecipeError(f"--set {'.'.join(path)}: {'.'.join(path[:i])} is {node!r}, not a mapping or a list")
 
 
 def _apply_override(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
@@ -219,41 +301,232 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any, where: str
             if not part.isdigit() or int(part) >= len(node):
                 raise RecipeError(f"--set {'.'.join(path)}: '{part}' is not an index of {'.'.join(path[:i])}")
             node = node[int(part)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:  # a missing or empty section
+                node[part] = {}
+            node = node[part]
         else:
-            node = node.setdefault(part, {})
+            raise _not_a_container(path, i, node)
     last = path[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise RecipeError(f"--set {'.'.join(path)}: '{last}' is not a valid index")
         node[int(last)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise _not_a_container(path, len(path) - 1, node)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    p = Path(path)
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_environment(value: Any, where: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of ``value`` (a parsed recipe)."""
+    if isinstance(value, dict):
+        return {k: expand_environment(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_environment(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        found = os.environ.get(match["name"])
+        if match["default"] is not None:
+            return found or match["default"]
+        if found is None:
+            raise RecipeError(
+                f"{where}: environment variable {match['name']} is not set (write ${{{match['name']}:-DEFAULT}} "
+                "for a default)"
+            )
+        return found
+
+    return _ENV.sub(one, value)
+
+
+def _read_raw(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not UTF-8 text; expected a YAML recipe") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{p}: not valid YAML{at}") from None
+    if raw is None:
+        raise RecipeError(f"{p}: the recipe is empty; expected a mapping with at least model.name and languages")
     if not isinstance(raw, dict):
-        raise RecipeError(f"{p}: expected a mapping at the top level")
+        raise RecipeError(f"{p}: expected a mapping of keys at the top level, got a YAML {type(raw).__name__}")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override (``--set``), expand ``${VAR}``, validate and resolve the paths of a recipe.
+
+    Nothing is written. Refused here, among malformed values and misspelt keys: an edit or run
+    name that is not one plain directory name, and an output that is, contains or lies inside
+    the model directory or holds a data or neurons file.
+    """
+    p = Path(path)
+    raw = _read_raw(p)
+    overridden = []
     for text in overrides:
         key_path, value = parse_override(text)
         _apply_override(raw, key_path, value, str(p))
+        overridden.append(tuple(key_path))
     try:
-        recipe = _build(Recipe, raw, "")
+        recipe = _build(Recipe, expand_environment(raw), "")
     except RecipeError as exc:
         raise RecipeError(f"{p}: {exc}") from None
     if not recipe.name:
         recipe.name = p.stem
-    if not recipe.output:
+    own_output = bool(recipe.output)
+    if not own_output:
         recipe.output = str(Path("runs") / recipe.name)
-    return _check(recipe, str(p))
+    _check(recipe, str(p))
+    resolve_paths(recipe, p.absolute().parent, overridden, own_output)
+    check_output_location(recipe, str(p))
+    return recipe
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+# Hub ids as tnedit.checkpoint.resolve_source accepts them: owner/name.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(value: str) -> bool:
+    return bool(_HUB_ID.fullmatch(value)) and not value.startswith(".")
+
+
+def _tidy(path: Path) -> Path:
+    """``path`` without ``..`` and ``.`` parts where that names the same place (below a symlink it may not).
+
+    The longest existing ancestor is normalised and checked with samefile; the rest is kept as written.
+    """
+    head = path
+    while not head.exists() and head != head.parent:
+        head = head.parent
+    rest = path.relative_to(head)
+    norm = Path(os.path.normpath(head))
+    try:
+        same = norm == head or os.path.samefile(norm, head)
+    except OSError:
+        same = False
+    return (norm if same else head) / rest
+
+
+def _local_path(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else _tidy(base / path))
+
+
+def _is_data_path(source: str) -> bool:
+    return source != BUILTIN and not source.startswith("hf:")
+
+
+def resolve_paths(recipe: Recipe, recipe_dir: Path, overridden: list[tuple[str, ...]] = (),
+                  own_output: bool = True) -> Recipe:
+    """Make the recipe's paths independent of the working directory, in place.
+
+    The base of a value is the recipe file's directory, or the working directory for a value
+    given with ``--set`` (it was typed in the shell). ``~`` is expanded; absolute paths stay.
+
+    - ``model.name``: a value that names an existing path relative to the base is that path;
+      otherwise a value of the Hub-id form ``owner/name`` stays a Hub id; anything else is a
+      local directory relative to the base.
+    - ``data.source``, ``data.evaluate_source``: ``builtin`` and ``hf:NAME`` stay; anything else
+      is a file relative to the base (``{lang}`` is kept and filled in per language later).
+    - ``edits[].neurons``: ``LANG:TYPE`` names an identify output unless a file of that name
+      exists relative to the base; anything else is a neurons file relative to the base.
+    - ``output``: relative to the base; without one (``own_output`` false), ``runs/NAME`` under
+      the working directory.
+    """
+    cwd = Path.cwd()
+
+    def base(*key: str) -> Path:
+        return cwd if any(key[: len(o)] == o for o in overridden) else recipe_dir
+
+    model = recipe.model.name
+    if (base("model", "name") / Path(model).expanduser()).exists() or not is_hub_id(model):
+        recipe.model.name = _local_path(model, base("model", "name"))
+    for key in ("source", "evaluate_source"):
+        value = getattr(recipe.data, key)
+        if value is not None and _is_data_path(value):
+            setattr(recipe.data, key, _local_path(value, base("data", key)))
+    for i, edit in enumerate(recipe.edits):
+        where = base("edits", str(i), "neurons")
+        if identify_ref(edit.neurons) is None or (where / edit.neurons).is_file():
+            edit.neurons = _local_path(edit.neurons, where)
+    if own_output or ("output",) in overridden:
+        recipe.output = _local_path(recipe.output, base("output"))
+    return recipe
+
+
+def _edit_languages(recipe: Recipe, edit: EditStep) -> list[str]:
+    """The languages an edit is evaluated on: its identify reference's, else every recipe language."""
+    ref = identify_ref(edit.neurons)
+    return [ref[0]] if ref and ref[0] in recipe.languages else list(recipe.languages)
+
+
+def _data_files(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, file) for every local data file a run reads: one per language where the source has {lang}."""
+    r = recipe
+    per_language = r.identify.method != "lape" and "{lang}" in r.data.source
+    wanted = [("data.source", r.data.source, list(r.languages) if per_language else r.languages[:1])]
+    if r.evaluate.enabled and r.edits:
+        key = "data.source" if r.data.evaluate_source is None else "data.evaluate_source"
+        source = r.data.source if r.data.evaluate_source is None else r.data.evaluate_source
+        wanted.append((key, source, sorted({_edit_languages(r, e)[0] for e in r.edits})))
+    files: dict[str, str] = {}
+    for key, source, langs in wanted:
+        if _is_data_path(source):
+            for lang in langs:
+                files.setdefault(source.replace("{lang}", lang), key)
+    return [(key, path) for path, key in files.items()]
+
+
+def _neuron_files(recipe: Recipe) -> list[tuple[str, str]]:
+    return [(f"edits[{i}].neurons", e.neurons) for i, e in enumerate(recipe.edits) if identify_ref(e.neurons) is None]
+
+
+def check_output_location(recipe: Recipe, where: str) -> None:
+    """Refuse, before anything is written, an output that is, contains or lies inside the model
+    directory, holds a data or neurons file, or is the working directory or one of its parents."""
+    out = Path(recipe.output).expanduser()
+    here = Path(os.path.realpath(Path.cwd()))
+    if out.exists() and Path(os.path.realpath(out)) in (here, *here.parents):
+        raise RecipeError(
+            f"{where}: output: {recipe.output} is the working directory or one of its parents; give the run a "
+            "directory of its own"
+        )
+    model = Path(recipe.model.name).expanduser()
+    inputs = [path for _, path in _data_files(recipe) + _neuron_files(recipe) if Path(path).exists()]
+    try:
+        check_output_dir(out, source=model if model.exists() else None, overwrite=True, inputs=inputs)
+    except InputError as exc:
+        raise RecipeError(f"{where}: output: {exc}") from None
+
+
+def check_inputs(recipe: Recipe, where: str) -> None:
+    """What a run reads must exist: the model (a local directory, or a Hub id of the form
+    owner/name) and every data and neurons file. One line for the first that does not."""
+    model = recipe.model.name
+    local = Path(model).expanduser()
+    if local.exists() and not local.is_dir():
+        raise RecipeError(f"{where}: model.name: {model} is not a directory (expected a model directory or a Hub id)")
+    if not local.exists() and not is_hub_id(model):
+        raise RecipeError(f"{where}: model.name: {model}: no such directory (and not a Hub id of the form owner/name)")
+    for key, path in _data_files(recipe):
+        if not Path(path).is_file():
+            raise RecipeError(f"{where}: {key}: {path}: no such file")
+    for key, path in _neuron_files(recipe):
+        if not Path(path).is_file():
+            raise RecipeError(f"{where}: {key}: {path}: no such neurons file")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -283,9 +556,7 @@ def _stamp_matches(stamp: Path, directory: Path, digest: str) -> bool:
 
 
 def _write_stamp(stamp: Path, digest: str, step: str, seconds: float) -> None:
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    record = {"step": step, "settings_hash": digest, "seconds": round(seconds, 2)}
-    stamp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(stamp, {"step": step, "settings_hash": digest, "seconds": round(seconds, 2)})
 
 
 @dataclass
@@ -358,8 +629,10 @@ class RecipeRunner:
         return result
 
     def run(self) -> RunResult:
+        check_inputs(self.recipe, self.recipe.name)
+        check_output_location(self.recipe, self.recipe.name)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.json").write_text(json.dumps(recipe_to_dict(self.recipe), indent=2) + "\n")
+        write_json(self.out / "recipe.json", recipe_to_dict(self.recipe))
         identify_dir = self.out / "identify"
         self._step("identify", self.recipe.identify.method, identify_dir, self._identify_hash(), self._identify)
         result = RunResult(self.recipe, self.steps)
@@ -402,9 +675,12 @@ class RecipeRunner:
         )
 
     def _identify(self) -> dict[str, Any]:
+        # Every neuron set of the step appears at once: a step cut short leaves the previous ones.
+        with atomic_directory(self.out / "identify", overwrite=True) as directory:
+            return self._identify_into(directory)
+
+    def _identify_into(self, directory: Path) -> dict[str, Any]:
         r = self.recipe
-        directory = self.out / "identify"
-        directory.mkdir(parents=True, exist_ok=True)
         if r.identify.method == "lape":
             from tnedit.lape import LapeSettings, identify_lape
 
@@ -430,14 +706,14 @@ class RecipeRunner:
         return {"runs": summaries}
 
     def _neuron_file(self, edit: EditStep) -> Path:
-        ref = edit.neurons
-        if Path(ref).is_file():
-            return Path(ref)
-        lang, _, kind = ref.partition(":")
-        name = f"neurons-{lang}-lape.json" if kind == "lape" else f"neurons-{lang}-type{kind or '1'}.json"
+        ref = identify_ref(edit.neurons)
+        if ref is None:
+            return Path(edit.neurons)
+        lang, kind = ref
+        name = f"neurons-{lang}-lape.json" if kind == "lape" else f"neurons-{lang}-type{kind}.json"
         path = self.out / "identify" / name
         if not path.is_file():
-            raise RecipeError(f"edit '{edit.name}': neurons '{ref}' is neither a file nor an identify output ({path})")
+            raise RecipeError(f"edit '{edit.name}': the identify step wrote no {path} for neurons '{edit.neurons}'")
         return path
 
     def _apply(self, edit: EditStep, directory: Path) -> dict[str, Any]:
@@ -462,15 +738,11 @@ class RecipeRunner:
         )
         return {"n_neurons": len(spec.neurons), "per_layer": spec.per_layer_counts(), "out": str(result.out)}
 
-    def _edit_languages(self, edit: EditStep) -> list[str]:
-        lang = edit.neurons.partition(":")[0]
-        return [lang] if lang in self.recipe.languages else list(self.recipe.languages)
-
     def _evaluate(self, edit: EditStep, edit_dir: Path, report_dir: Path) -> dict[str, Any]:
         from tnedit.evaluate import EvaluateSettings, evaluate, update_card, write_report
 
         r, ev = self.recipe, self.recipe.evaluate
-        langs = self._edit_languages(edit)
+        langs = _edit_languages(r, edit)
         held_out = r.data.evaluate_source is None
         source = r.data.source if held_out else str(r.data.evaluate_source)
         metrics = set(ev.metrics)

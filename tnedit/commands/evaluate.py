@@ -13,8 +13,9 @@ from tnedit.commands.common import emit, json_option, quiet_option, warn
 @click.command(context_settings={"show_default": True})
 @click.argument("original")
 @click.argument("edited", required=False, type=click.Path(file_okay=False))
-@click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
-              help="Edit the original at run time with this neuron set instead of a baked EDITED dir.")
+@click.option("--neurons", "neurons_file", metavar="FILE|LIST",
+              help="Edit the original at run time with this neuron set instead of a baked EDITED dir: a neurons "
+                   "file or an inline list such as 3:17,3:99 (LAYER:INDEX[:FACTOR]).")
 @click.option("--lang", "languages", multiple=True, required=True,
               help="Target language(s) compared with English; repeat or comma-separate (ja or ja,ko).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
@@ -23,8 +24,9 @@ from tnedit.commands.common import emit, json_option, quiet_option, warn
 @click.option("--factor", type=float, help="Scale factor for --op scale.  [hook only]")
 @click.option("--positions", type=click.Choice(["all", "last", "prompt"]), default=None,
               help="Hook positions: all = the baked edit; last / prompt = the paper's deactivation. [default: all]")
-@click.option("--top-k", type=int, help="Use only the first K neurons of the set.  [hook only]")
-@click.option("--layers", help="Use only neurons in these layers: 0-11, 0,3,5-7 or 0.0:0.5.  [hook only]")
+@click.option("--top-k", type=int, help="Use only the first K neurons within --layers (the set's order).  [hook only]")
+@click.option("--layers", help="Use only neurons in these layers (before --top-k): 0-11, 0,3,5-7 or 0.0:0.5.  "
+                               "[hook only]")
 @click.option("--control", type=click.Choice(["random", "none"]), default="none",
               help="Add a random-neuron control: same count, same candidate layers, excluding the set.")
 @click.option("--seed", type=int, default=42, help="Seed of the control and of the non-parallel shuffle.")
@@ -48,7 +50,8 @@ from tnedit.commands.common import emit, json_option, quiet_option, warn
 @click.option("--force", is_flag=True, help="Evaluate even if EDITED is not derived from ORIGINAL.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--update-card", "card_dir", type=click.Path(file_okay=False),
-              help="Also put the headline table into DIR/README.md (an edited checkpoint's model card).")
+              help="Also put the headline table into DIR/README.md; DIR must be a checkpoint written by "
+                   "tnedit apply (usually EDITED), never ORIGINAL.")
 @quiet_option
 @json_option
 def evaluate(original, edited, neurons_file, languages, out, op, factor, positions, top_k, layers, control, seed, data,
@@ -61,14 +64,18 @@ def evaluate(original, edited, neurons_file, languages, out, op, factor, positio
     KL and top-1 agreement against the original; QA F1/EM; greedy samples and the share that stays
     in the prompt's language.
 
+    OUT must not be, contain or lie inside ORIGINAL or EDITED, and must not hold the neurons
+    file, --data or --qa; this is checked before any model is loaded.
+
     \b
     Examples:
       tnedit evaluate google/gemma-3-270m gemma-ja-t1 --lang ja -o report/ --control random
       tnedit evaluate google/gemma-3-270m --neurons ja-type1.json --top-k 200 --positions last \\
           --lang ja --data en-ja.tsv --skip 800 --n-pairs 200 --control random -o report/
+      tnedit evaluate google/gemma-3-270m --neurons 3:17,3:99 --lang ja -o report/
     """
     from tnedit.errors import InputError
-    from tnedit.evaluate import EvaluateSettings, update_card, write_report
+    from tnedit.evaluate import EvaluateSettings, check_card_dir, check_report_dir, update_card, write_report
     from tnedit.evaluate import evaluate as run_evaluation
 
     hook_only = op or factor is not None or top_k is not None or layers is not None or positions not in (None, "all")
@@ -77,8 +84,6 @@ def evaluate(original, edited, neurons_file, languages, out, op, factor, positio
             "--op, --factor, --top-k, --layers and --positions apply to --neurons hooks, not to a baked EDITED_DIR"
         )
     out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
     settings = EvaluateSettings(
         original=original,
         edited=edited,
@@ -109,6 +114,9 @@ def evaluate(original, edited, neurons_file, languages, out, op, factor, positio
         revision=revision,
         force=force,
     )
+    check_report_dir(out_path, settings, overwrite=overwrite, card_dir=card_dir)
+    if card_dir:
+        check_card_dir(card_dir, original)
     report = run_evaluation(settings, warn=warn, progress=None if quiet else _progress)
     path = write_report(report, out_path, overwrite=overwrite)
     card = str(update_card(report, card_dir, report_dir=path)) if card_dir else None

@@ -17,6 +17,23 @@ def _per_layer_text(counts: dict[int, int]) -> str:
     return " ".join(f"{layer}:{n}" for layer, n in counts.items()) or "(none)"
 
 
+def _truncation_text(max_length: int | None, truncated: dict[str, int]) -> str:
+    cut = ", ".join(f"{name} {n}" for name, n in truncated.items() if n) or "none"
+    return f"  max length {max_length} tokens; sentences truncated: {cut}"
+
+
+def _given(ctx: click.Context, *names: str) -> list[str]:
+    """The options among ``names`` that the user typed (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    return [name for name in names if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+
+
+def _option_name(ctx: click.Context, name: str) -> str:
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
 @click.command("identify")
 @click.argument("model")
 @click.option("--lang", "lang", multiple=True, help="Target language(s): --lang ja --lang ko or --lang ja,ko. "
@@ -42,19 +59,22 @@ def _per_layer_text(counts: dict[int, int]) -> str:
 @click.option("--dtype", default="auto", show_default=True, help="auto (the checkpoint's), float32, bfloat16, float16.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--device-map", default=None, help="e.g. auto: spread a large model over devices (accelerate).")
-@click.option("--max-length", type=int, default=None, help="Truncate sentences to this many tokens.")
+@click.option("--max-length", type=int, default=None,
+              help="Truncate sentences to this many tokens (default: the model's context length, at most 4096).")
 @click.option("--revision", default=None, help="Hub revision of MODEL.")
 @click.option("--checkpoint-every", type=int, default=None, help="Persist partial sums every N batches.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint under -o.")
 @click.option("-o", "--output", default=None,
               help="Output directory (default ./tnedit-identify/<model-name>); a .json file for --control.")
+@click.option("--overwrite", is_flag=True, help="--control: replace an existing -o file.")
 @quiet_option
 @json_option
-def identify(model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: str | None, limit: int | None,
-             neuron_type: str, k: int, layers: str | None, method: str, control: str | None, like: str | None,
-             match_layers: bool, seed: int, batch_size: int, dtype: str, device: str, device_map: str | None,
-             max_length: int | None, revision: str | None, checkpoint_every: int | None, resume: bool,
-             output: str | None, quiet: bool, as_json: bool) -> None:
+@click.pass_context
+def identify(ctx: click.Context, model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: str | None,
+             limit: int | None, neuron_type: str, k: int, layers: str | None, method: str, control: str | None,
+             like: str | None, match_layers: bool, seed: int, batch_size: int, dtype: str, device: str,
+             device_map: str | None, max_length: int | None, revision: str | None, checkpoint_every: int | None,
+             resume: bool, output: str | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Rank the transfer neurons of MODEL (a local directory or a Hub id).
 
     \b
@@ -68,12 +88,16 @@ def identify(model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: st
 
     languages = lib.parse_languages(list(lang) + list(langs))
     if control == "random":
-        _random_control(model, like, seed, match_layers, output, as_json)
+        _random_control(model, like, seed, match_layers, output, overwrite, as_json)
         return
-    if like is not None:
-        raise click.UsageError("--like is only used with --control random")
+    for name in ("like", "overwrite", "match_layers"):
+        if _given(ctx, name):
+            raise click.UsageError(f"{_option_name(ctx, name)} is only used with --control random")
     out_dir = Path(output) if output else lib.default_output_dir(model)
     if method == "lape":
+        unused = _given(ctx, "checkpoint_every", "resume", "neuron_type", "k")
+        if unused:
+            raise click.UsageError(f"{_option_name(ctx, unused[0])} is not used by --method lape")
         _lape(model, languages, data, limit, layers, batch_size, dtype, device, device_map, max_length, revision,
               out_dir, quiet, as_json)
         return
@@ -95,17 +119,28 @@ def identify(model: str, lang: tuple[str, ...], langs: tuple[str, ...], data: st
         lines.append(f"  {language} type{t}: {len(ns)} neurons in layers {format_layers(result.candidate_layers[t])}"
                      f"{eta} → {file}")
         lines.append(f"    per layer: {_per_layer_text(ns.per_layer_counts())}")
+    lines.append(_truncation_text(result.max_length, result.truncated))
     emit(result.summary(), as_json, "\n".join(lines))
 
 
+def _control_path(like: str, seed: int, output: str | None) -> Path:
+    """-o FILE.json as is; -o DIR (or no -o: the --like file's directory) gets <like>-random-seed<N>.json."""
+    name = f"{Path(like).stem}-random-seed{seed}.json"
+    if output is None:
+        return Path(like).with_name(name)
+    out = Path(output)
+    return out if out.suffix.lower() == ".json" else out / name
+
+
 def _random_control(model: str, like: str | None, seed: int, match_layers: bool, output: str | None,
-                    as_json: bool) -> None:
+                    overwrite: bool, as_json: bool) -> None:
     from tnedit import identify as lib
-    from tnedit.neurons import load_neurons
 
     if like is None:
         raise click.UsageError("--control random needs --like NEURONS.json (the set to match)")
-    ref = load_neurons(like)
+    out = _control_path(like, seed, output)
+    lib.check_output_json(out, overwrite=overwrite, inputs=[like], model=model)
+    ref = lib.read_neurons(like, "--like")
     info, num_layers, width = lib.model_shape(model, ref)
     ctrl = lib.random_control(ref, num_layers, width, seed, match_layers=match_layers)
     if info is not None:
@@ -113,13 +148,7 @@ def _random_control(model: str, like: str | None, seed: int, match_layers: bool,
     if ref.model is not None and info is not None and ref.model.fingerprint != info.fingerprint:
         warn(f"{like}: its model fingerprint differs from {model}'s; the control uses {model}'s shape")
         ctrl.model = info
-    if output is None:
-        out = Path(like).with_name(f"{Path(like).stem}-random-seed{seed}.json")
-    else:
-        out = Path(output)
-        if out.suffix.lower() != ".json":
-            out = out / f"{Path(like).stem}-random-seed{seed}.json"
-    ctrl.save(out)
+    lib.save_neuron_set(ctrl, out)
     result = {"file": str(out), "k": len(ctrl), "seed": seed, "layers": ctrl.method.layers if ctrl.method else [],
               "per_layer": {str(k): v for k, v in ctrl.per_layer_counts().items()}}
     emit(result, as_json, f"random control: {len(ctrl)} neurons (seed {seed}) → {out}\n"
@@ -135,13 +164,16 @@ def _lape(model: str, languages: list[str], data: str | None, limit: int | None,
                                 dtype=dtype, device=device, device_map=device_map, max_length=max_length,
                                 limit=limit, quiet=quiet, output=out_dir, revision=revision)
     sets = lib.identify_lape(settings)
-    summary: dict[str, Any] = {"model": model, "method": "lape", "sets": []}
+    summary: dict[str, Any] = {"model": model, "method": "lape", "sets": [], "max_length": None, "truncated": {}}
     lines = [f"LAPE language-specific neurons → {out_dir}"]
     for language, ns in sets.items():
         file = str(lib.lape_path(out_dir, language))
         summary["sets"].append({"language": language, "k": len(ns), "file": file,
                                 "per_layer": {str(k): v for k, v in ns.per_layer_counts().items()}})
+        summary["max_length"] = ns.method.extra["max_length"]
+        summary["truncated"].update(ns.method.extra["truncated"])
         lines.append(f"  {language}: {len(ns)} neurons → {file}")
+    lines.append(_truncation_text(summary["max_length"], summary["truncated"]))
     emit(summary, as_json, "\n".join(lines))
 
 
@@ -151,17 +183,24 @@ def _lape(model: str, languages: list[str], data: str | None, limit: int | None,
 @click.option("-k", "--k", "k", type=int, default=1000, show_default=True)
 @click.option("--layers", default=None, help="Candidate layers (default: those identify used for this type).")
 @click.option("-o", "--output", default=None, help="Neuron-set JSON (default: next to SCORES).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@quiet_option
 @json_option
-def select(scores: str, neuron_type: str, k: int, layers: str | None, output: str | None, as_json: bool) -> None:
+def select(scores: str, neuron_type: str, k: int, layers: str | None, output: str | None, overwrite: bool,
+           quiet: bool, as_json: bool) -> None:
     """Re-rank a scores-<lang>.safetensors file into a neuron set without recomputing."""
     from tnedit import identify as lib
 
+    if output is not None:  # before reading: a refused output costs nothing
+        lib.check_output_json(output, overwrite=overwrite, inputs=[scores])
     sf = lib.load_scores(scores)
     t = int(neuron_type)
     settings = lib.IdentifySettings(model=sf.model.name_or_path, warn=warn)
     ns = lib.select_from_scores(sf, t, k, layers, settings=settings)
     out = Path(output) if output else Path(scores).with_name(f"neurons-{sf.language}-type{t}-k{len(ns)}.json")
-    ns.save(out)
+    if output is None:
+        lib.check_output_json(out, overwrite=overwrite, inputs=[scores])
+    lib.save_neuron_set(ns, out)
     summary = {"file": str(out), "language": sf.language, "type": t, "k": len(ns),
                "layers": ns.method.layers if ns.method else [],
                "per_layer": {str(a): b for a, b in ns.per_layer_counts().items()},
@@ -173,13 +212,13 @@ def select(scores: str, neuron_type: str, k: int, layers: str | None, output: st
 @click.command("compare")
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
+@quiet_option
 @json_option
-def compare(a: str, b: str, as_json: bool) -> None:
+def compare(a: str, b: str, quiet: bool, as_json: bool) -> None:
     """Overlap of two neuron sets: |A∩B|/|A|, Jaccard and a per-layer table."""
     from tnedit import identify as lib
-    from tnedit.neurons import load_neurons
 
-    sa, sb = load_neurons(a), load_neurons(b)
+    sa, sb = lib.read_neurons(a, "A"), lib.read_neurons(b, "B")
     cmp = lib.compare(sa, sb)
     if cmp.same_model is False:
         warn(f"{a} and {b} were made for different models (fingerprints differ)")
