@@ -197,6 +197,7 @@ def test_untouched_hub_blobs_are_copied_without_rehashing(link, tmp_path, capsys
         assert not (out / f).is_symlink()
         assert entry["sha256"] == sha(out / f), f
         assert (entry["sha256"] == sha(src / f)) == (f != edited_file), f
+        assert entry["source_sha256"] == sha(src / f), f  # the edited one's from its blob's name, unhashed
 
 
 def test_zero_is_positive_zero_and_pipeline_generates(tmp_path, capsys):

@@ -51,9 +51,12 @@ def replace_section(text: str, name: str, markdown: str) -> str:
 
 
 def update_card_section(card_path: str | Path, name: str, markdown: str) -> None:
+    """Replace one section of a card atomically: a reader never sees half a card, a symlink is not written through."""
+    from tnedit.outputs import write_text
+
     path = Path(card_path)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    path.write_text(replace_section(text, name, markdown), encoding="utf-8")
+    write_text(path, replace_section(text, name, markdown))
 
 
 def base_model_id(source: dict[str, Any], source_meta: dict[str, Any]) -> str:
@@ -154,9 +157,10 @@ def render_card(provenance: dict[str, Any], source_card: str | None) -> str:
                     "## Provenance",
                     "",
                     "`tnedit.json` records the source and its revision, the neuron set's SHA-256, the operation, "
-                    "library versions, the command and the SHA-256 of every weight file. "
+                    "library versions, the command, the SHA-256 of every weight file and of the base model's "
+                    "file it was made from, and the SHA-256 of the revert file. "
                     "`tnedit_revert.safetensors` holds the original values: `tnedit revert DIR -o OUT` restores "
-                    "the base weights byte for byte.",
+                    "the base weights byte for byte and checks them against those digests.",
                 ]
             ),
         ),

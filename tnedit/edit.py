@@ -9,8 +9,10 @@ can restrict the same edit to chosen positions, which is what the paper's analys
 from __future__ import annotations
 
 import json
+import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,23 +27,28 @@ from tnedit.checkpoint import (
     REVERT_NAME,
     Checkpoint,
     ResolvedSource,
+    SafetensorsHeader,
     TensorInfo,
     TensorPatch,
     atomic_directory,
     available_cores,
     check_output_dir,
+    contained_name,
     copy_plain,
     copy_with_patches,
+    create_new,
     hub_blob_sha256,
+    is_sha256,
     open_checkpoint,
     read_header,
     read_tensor,
     require_directory,
     resolve_source,
-    write_json,
+    sha256_file,
     write_safetensors,
+    writing,
 )
-from tnedit.errors import CheckpointError, InputError
+from tnedit.errors import CheckpointError, InputError, NonFiniteEditError
 from tnedit.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
 
 Op = Literal["zero", "scale"]
@@ -93,7 +100,7 @@ def make_edit_spec(
     top_k: int | None = None,
     layers: Iterable[int] | None = None,
 ) -> EditSpec:
-    """Validate the operation and factor, apply --top-k/--layers, and merge duplicate neurons."""
+    """Validate the operation and factor, keep the first ``top_k`` neurons within ``layers``, merge duplicates."""
     if op not in ("zero", "scale"):
         raise InputError(f"--op must be 'zero' or 'scale', got {op!r}")
     if op == "zero":
@@ -105,13 +112,15 @@ def make_edit_spec(
             raise InputError("--op scale needs --factor F (a finite number)")
         value = parse_factor(factor, "--factor")
     ns = neurons if isinstance(neurons, NeuronSet) else NeuronSet(list(neurons))
-    if top_k is not None:
-        if top_k < 1:
-            raise InputError(f"--top-k must be at least 1, got {top_k}")
-        ns = ns.top(top_k)
-    ns = ns.in_layers(layers)
+    if top_k is not None and top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    # --layers first: "--top-k 200 --layers 1-10" means the best 200 within layers 1-10.
+    ns = ns.in_layers(layers).top(top_k)
     if not ns.neurons:
         raise InputError("no neurons left to edit (check --layers / --top-k)")
+    for n in ns.neurons:  # library callers build Neuron objects without parse_factor
+        if n.factor is not None:
+            parse_factor(n.factor, f"neuron {n.layer}:{n.index}")
     kept, dups = merge_duplicates(ns.neurons)
     if op == "zero":
         kept = [Neuron(n.layer, n.index, n.score, None) if n.factor == 0.0 else n for n in kept]
@@ -138,24 +147,65 @@ def _from_float(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def patch_slices(
-    weight: np.ndarray, dtype: str, axis: int, indices: Sequence[int], factors: Sequence[float]
+    weight: np.ndarray,
+    dtype: str,
+    axis: int,
+    indices: Sequence[int],
+    factors: Sequence[float],
+    where: str = "weights",
+    neuron_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Multiply the neuron slices of ``weight`` (storage array, edited in place) by ``factors``.
 
-    Returns the original slices, stacked along ``axis``, for the revert file.
+    Returns the original slices, stacked along ``axis``, for the revert file. Raises
+    NonFiniteEditError, before writing anything, if a finite weight would become inf or NaN;
+    ``where`` and ``neuron_ids`` (the neurons' indices, when ``indices`` are block-local) name it.
     """
     idx = np.asarray(indices, dtype=np.int64)
     original = np.take(weight, idx, axis=axis)
     f = np.asarray(factors, dtype=np.float64 if dtype == "F64" else np.float32)
     shape = (1, -1) if axis == 1 else (-1, 1)
-    scaled = _from_float(_to_float(original, dtype) * f.reshape(shape), dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, not as a warning
+        scaled = _from_float(_to_float(original, dtype) * f.reshape(shape), dtype)
     zero = (f == 0).reshape(shape)
     scaled = np.where(zero, np.zeros((), dtype=scaled.dtype), scaled)  # exact +0.0, never -0.0
+    _refuse_new_non_finite(original, scaled, dtype, axis, indices if neuron_ids is None else neuron_ids, factors, where)
     if axis == 1:
         weight[:, idx] = scaled
     else:
         weight[idx, :] = scaled
     return original
+
+
+def _refuse_new_non_finite(
+    original: np.ndarray,
+    scaled: np.ndarray,
+    dtype: str,
+    axis: int,
+    indices: Sequence[int],
+    factors: Sequence[float],
+    where: str,
+) -> None:
+    """Weights that were inf or NaN may stay so; a finite weight that the factor overflows may not."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        created = np.isfinite(_to_float(original, dtype)) & ~np.isfinite(_to_float(scaled, dtype))
+    if not created.any():
+        return
+    column = int(np.argwhere(created)[0][axis])
+    largest = _LARGEST[dtype]
+    raise NonFiniteEditError(
+        f"{where}: scaling neuron {indices[column]} by {factors[column]:g} overflows {dtype} "
+        f"({int(created.sum())} value(s) would become inf or NaN; |weight| must stay below {largest:.4g}); "
+        "use a smaller factor"
+    )
+
+
+_LARGEST = {
+    "F64": float(np.finfo(np.float64).max),
+    "F32": float(np.finfo(np.float32).max),
+    "F16": float(np.finfo(np.float16).max),
+    "BF16": 3.3895313892515355e38,
+}
 
 
 def restore_slices(weight: np.ndarray, axis: int, indices: Sequence[int], original: np.ndarray) -> None:
@@ -248,16 +298,21 @@ def apply_to_model(
     first = resolve_module(layers[0], arch.out_proj).weight
     check_neuron_range(spec, len(layers), first.shape[axis], "apply_to_model")
     handle = EditHandle([], spec)
-    for edit in spec.by_layer():
-        weight = resolve_module(layers[edit.layer], arch.out_proj).weight
-        dtype = _TORCH_TO_SAFETENSORS.get(str(weight.dtype))
-        if dtype is None:
-            raise InputError(f"cannot edit weights of dtype {weight.dtype}")
-        host = _host_storage(weight, dtype)
-        original = patch_slices(host, dtype, axis, edit.indices, edit.factors)
-        with torch.no_grad():
-            weight.copy_(_from_host(host, weight))
-        handle._saved.append((weight, axis, edit.indices, original))
+    try:
+        for edit in spec.by_layer():
+            weight = resolve_module(layers[edit.layer], arch.out_proj).weight
+            dtype = _TORCH_TO_SAFETENSORS.get(str(weight.dtype))
+            if dtype is None:
+                raise InputError(f"cannot edit weights of dtype {weight.dtype}")
+            host = _host_storage(weight, dtype)
+            where = f"layer {edit.layer} ({arch.out_proj}.weight)"
+            original = patch_slices(host, dtype, axis, edit.indices, edit.factors, where)
+            with torch.no_grad():
+                weight.copy_(_from_host(host, weight))
+            handle._saved.append((weight, axis, edit.indices, original))
+    except BaseException:
+        handle.restore()  # all or nothing: a failure in a later layer must not leave earlier ones edited
+        raise
     return handle
 
 
@@ -391,11 +446,13 @@ class SlicePatch:
         indices: Sequence[int],
         factors: Sequence[float] | None = None,
         original: np.ndarray | None = None,
+        where: str = "weights",
     ):
         self.axis = axis
         self.indices = np.asarray(indices, dtype=np.int64)
         self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
         self.restore_from = original
+        self.where = where
         self._parts: list[np.ndarray] = []
 
     def __call__(self, info: TensorInfo, block: memoryview, row0: int, row1: int) -> None:
@@ -411,20 +468,32 @@ class SlicePatch:
             restore_slices(weight, self.axis, local, self.restore_from[pick])
             return
         factors = self.factors if self.axis == 1 else self.factors[pick]
-        self._parts.append(patch_slices(weight, info.dtype, self.axis, local, factors))
+        neurons = self.indices if self.axis == 1 else self.indices[pick]
+        where = f"{self.where} '{info.name}'"
+        self._parts.append(patch_slices(weight, info.dtype, self.axis, local, factors, where, neurons))
 
     def original(self) -> np.ndarray:
         return np.concatenate(self._parts, axis=0)
 
 
 def check_fingerprint(ckpt: Checkpoint, neuron_set: NeuronSet | None, where: str, force: bool) -> str | None:
-    """Refuse a neuron set made for another model. Returns a warning when forced past a mismatch."""
+    """Refuse a neuron set made for another model. Returns a warning to show, or None.
+
+    A shape-only fingerprint of tnedit 0.1 that matches by shape is accepted with a warning (it
+    cannot tell a same-shaped fine-tune apart); a different one is refused unless ``force``.
+    """
     if neuron_set is None or neuron_set.model is None:
         return None
-    mine = ckpt.fingerprint()
     theirs = neuron_set.model.fingerprint
-    if theirs == mine:
+    status = ckpt.fingerprint_status(theirs)
+    if status == "same":
         return None
+    if status == "legacy":
+        return (
+            f"{where}: the neuron set was made by an older tnedit that checked shapes only ({theirs}); it matches "
+            f"{ckpt.path} by shape, which cannot tell apart another model of the same shapes (a fine-tune)"
+        )
+    mine = ckpt.fingerprint()
     message = (
         f"{where}: fingerprint mismatch: the neurons were identified on {neuron_set.model.name_or_path} "
         f"({neuron_set.model.model_type}, {neuron_set.model.num_layers} layers × "
@@ -434,6 +503,21 @@ def check_fingerprint(ckpt: Checkpoint, neuron_set: NeuronSet | None, where: str
     if not force:
         raise NeuronFormatError(message + "; pass --force to apply anyway")
     return message
+
+
+def _warner(warn: Callable[[str], Any] | None) -> Callable[[str], Any]:
+    """The caller's warning callback, else a Python warning (which the CLI prints as one line)."""
+    import warnings
+
+    return warn or (lambda message: warnings.warn(message, stacklevel=3))
+
+
+def _protected_inputs(inputs: Iterable[str | Path], neuron_source: str | None) -> list[Path]:
+    """What ``--overwrite`` must never delete: the given inputs and the neurons file, if it is one."""
+    protected = [Path(p) for p in inputs]
+    if neuron_source and Path(neuron_source).is_file():
+        protected.append(Path(neuron_source))
+    return protected
 
 
 def apply_to_checkpoint(
@@ -449,43 +533,84 @@ def apply_to_checkpoint(
     link: bool = False,
     command: str | None = None,
     progress: bool = True,
-    warn: Any = None,
+    warn: Callable[[str], Any] | None = None,
+    inputs: Iterable[str | Path] = (),
 ) -> ApplyResult:
     """Write ``out``: ``source`` with the edit baked into its output projections.
 
     Streams one tensor at a time, copies every other file byte for byte, records provenance, the
     original slices (for :func:`revert_checkpoint`) and a model card; ``out`` appears only complete.
+    ``out`` may neither overlap the source nor hold ``inputs`` or the neurons file.
     """
-
     from tnedit.card import render_card
 
     out = Path(out)
+    warn = _warner(warn)
     resolved = resolve_source(source, revision=revision)
     ckpt = open_checkpoint(resolved.path)
-    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, neuron_source or "neurons")
-    mismatch = check_fingerprint(ckpt, neuron_set, neuron_source or "neurons", force)
-    if mismatch and warn:
-        warn(mismatch)
-    check_output_dir(out, resolved.path, overwrite)
+    where = neuron_source or "neurons"
+    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, where)
+    note = check_fingerprint(ckpt, neuron_set, where, force)
+    if note:
+        warn(note)
+    check_output_dir(out, resolved.path, overwrite, inputs=_protected_inputs(inputs, neuron_source))
+    source_card = read_card_text(resolved.path / CARD_NAME)
+    previous = _previous_provenance(resolved.path)
     foreign = ckpt.foreign_weight_files()
-    if foreign and warn:
+    if foreign:
         warn(f"not copied (weights in another format would stay unedited): {', '.join(foreign)}")
     axis = neuron_axis(ckpt.arch)
     by_file = _patches_by_file(ckpt, spec)
     originals: dict[str, np.ndarray] = {}
-    source_card = resolved.path / CARD_NAME
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        for rel in ckpt.side_files():
-            if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
-                continue
-            copy_plain(resolved.path / rel, tmp / rel)
+        _copy_side_files(resolved.path, tmp, ckpt)
         weights = _write_weight_files(resolved.path, tmp, ckpt, by_file, axis, originals, link, progress)
-        _write_revert_file(tmp / REVERT_NAME, ckpt, by_file, originals, source_card)
-        provenance = _provenance(resolved, ckpt, spec, neuron_set, neuron_source, weights, command)
-        write_json(tmp / PROVENANCE_NAME, provenance)
-        source_text = source_card.read_text(encoding="utf-8") if source_card.is_file() else None
-        (tmp / CARD_NAME).write_text(render_card(provenance, source_text), encoding="utf-8")
+        revert_sha256 = _write_revert_file(tmp / REVERT_NAME, ckpt, by_file, originals, source_card)
+        files = {"weights": weights, "revert_sha256": revert_sha256, "previous": previous, "card": source_card}
+        provenance = _provenance(resolved, ckpt, spec, neuron_set, neuron_source, command, files)
+        # Not write_json: that lists the file as a completed output, and this one is not yet.
+        write_new_text(tmp / PROVENANCE_NAME, json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
+        write_new_text(tmp / CARD_NAME, render_card(provenance, source_card))
     return ApplyResult(out, provenance, spec)
+
+
+def write_new_text(path: Path, text: str) -> None:
+    """A new file in a directory tnedit is building: never an existing file or a planted symlink."""
+    with writing(path), create_new(path) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def read_card_text(path: Path) -> str | None:
+    """A model card's text, None if there is none; a card that is not UTF-8 is named, not a traceback."""
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a UTF-8 text file (expected a Markdown model card)") from None
+
+
+def _previous_provenance(model_dir: Path) -> Any:
+    """The source's own tnedit.json (a re-edited checkpoint), kept as is in the new provenance."""
+    path = model_dir / PROVENANCE_NAME
+    return _read_json(path) if path.is_file() else None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a UTF-8 text file (expected JSON)") from None
+
+
+def _copy_side_files(src_dir: Path, out_dir: Path, ckpt: Checkpoint) -> None:
+    """Every non-weight file byte for byte, except the card, provenance and revert file tnedit writes itself."""
+    for rel in ckpt.side_files():
+        if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
+            continue
+        copy_plain(src_dir / rel, out_dir / rel)
 
 
 def _write_weight_files(
@@ -498,31 +623,117 @@ def _write_weight_files(
     link: bool,
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply.
 
-    from tqdm.auto import tqdm
+    Each file records its output's SHA-256 and its source's (``source_sha256``), which revert
+    checks its restored bytes against. An untouched file's source digest is its output's; an edited
+    one's is hashed alongside the copy, or read from a Hub blob's name.
+    """
+    cancel = threading.Event()
 
-    def one(f: str) -> tuple[str, str]:
+    def one(f: str) -> tuple[str, dict[str, Any]]:
         src, dst = src_dir / f, out_dir / f
         dst.parent.mkdir(parents=True, exist_ok=True)
+        header, blob = ckpt.headers[f], hub_blob_sha256(src)
         edits = by_file.get(f)
         if not edits:
-            return f, copy_plain(src, dst, link=link, known_sha256=hub_blob_sha256(src))
-        patches = {name: SlicePatch(axis, e.indices, e.factors) for name, e in edits.items()}
-        digest = copy_with_patches(src, dst, patches, ckpt.headers[f]).output_sha256
+            digest = copy_plain(src, dst, link=link, known_sha256=blob, expected=header.identity, cancel=cancel)
+            return f, {"sha256": digest, "source_sha256": digest, "edited_tensors": []}
+        patches = {name: SlicePatch(axis, e.indices, e.factors, where=f"layer {e.layer}") for name, e in edits.items()}
+        result = copy_with_patches(src, dst, patches, header, hash_source=blob is None, cancel=cancel)
         originals.update({name: patch.original() for name, patch in patches.items()})
-        return f, digest
+        entry = {"sha256": result.output_sha256, "source_sha256": blob or result.source_sha256}
+        return f, {**entry, "edited_tensors": sorted(edits)}
 
-    sizes = {f: (src_dir / f).stat().st_size for f in ckpt.weight_files}
-    order = sorted(ckpt.weight_files, key=lambda f: -sizes[f])  # largest first balances the workers
-    digests: dict[str, str] = {}
-    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="apply", disable=not progress) as bar:
-        with ThreadPoolExecutor(max_workers=_file_workers(len(order))) as pool:
-            for f, digest in pool.map(one, order):
-                digests[f] = digest
-                bar.update(sizes[f])
-    return {f: {"sha256": digests[f], "edited_tensors": sorted(by_file.get(f, {}))} for f in ckpt.weight_files}
+    sizes = {f: _size(ckpt, f) for f in ckpt.weight_files}
+    results = _in_parallel(one, sizes, "apply", progress, cancel)
+    return {f: results[f] for f in ckpt.weight_files}
+
+
+def _size(ckpt: Checkpoint, f: str) -> int:
+    identity = ckpt.headers[f].identity
+    return identity[2] if identity is not None else (ckpt.path / f).stat().st_size
+
+
+def _in_parallel(
+    work: Callable[[str], tuple[str, Any]],
+    sizes: dict[str, int],
+    desc: str,
+    progress: bool,
+    cancel: threading.Event,
+) -> dict[str, Any]:
+    """Run ``work`` on every file, largest first, one per core plus one, with a byte progress bar.
+
+    On the first failure, Ctrl-C or SIGTERM/SIGHUP, every worker is told to stop at its next block
+    and waited for before the exception leaves: only then may the caller remove the temporary
+    directory they write into.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    order = sorted(sizes, key=lambda f: -sizes[f])  # largest first balances the workers
+    results: dict[str, Any] = {}
+    with _byte_bar(sum(sizes.values()), desc, progress) as advance:
+        pool = ThreadPoolExecutor(max_workers=_file_workers(len(order)))
+        futures = [pool.submit(work, f) for f in order]
+        try:
+            for future in as_completed(futures):
+                key, value = future.result()
+                results[key] = value
+                advance(sizes[key])
+        except BaseException:
+            _stop_workers(pool, futures, cancel)
+            raise
+        pool.shutdown(wait=True)
+    return results
+
+
+def _stop_workers(pool: Any, futures: Sequence[Any], cancel: threading.Event) -> None:
+    """Cancel queued files, make running ones stop at their next block, and wait until none runs.
+
+    A second signal must not cut the wait short, or the temporary directory would be removed while
+    a worker still writes into it. The wait is on the futures, not on the threads: Python 3.11's
+    Thread.join() takes an interrupted join for a finished thread, so it cannot be retried.
+    """
+    from concurrent.futures import wait
+
+    cancel.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = [f for f in futures if not f.cancelled()]  # a cancelled future is never "done" for wait()
+    while True:
+        try:
+            wait(running)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+BAR_OPTIONS: dict[str, Any] = {"mininterval": 0.1}  # tqdm's default redraw interval; tests draw every update
+
+
+@contextmanager
+def _byte_bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A byte progress bar that prints its final line once.
+
+    tqdm draws the bar on an update that reaches the total and again on close() (with the overall
+    rate), so logs showed 100 % twice: the last update only counts, and close() draws the line. On
+    failure the bar is cleared, so the error is the only line left.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, **BAR_OPTIONS)
+    with bar:
+
+        def advance(n: int) -> None:
+            if bar.n + n >= total:
+                bar.n = total
+            else:
+                bar.update(n)
+
+        try:
+            yield advance
+        except BaseException:
+            bar.leave = False
+            raise
 
 
 def _file_workers(n_files: int) -> int:
@@ -535,20 +746,21 @@ def _write_revert_file(
     ckpt: Checkpoint,
     by_file: dict[str, dict[str, LayerEdit]],
     originals: dict[str, np.ndarray],
-    source_card: Path,
-) -> None:
+    source_card: str | None,
+) -> str:
+    """The original slices and their indices, and the source card; returns the file's SHA-256."""
     tensors: dict[str, tuple[np.ndarray, str]] = {}
     for edits in by_file.values():
         for name, edit in edits.items():
             tensors[f"{name}::original"] = (originals[name], ckpt.tensor(name).dtype)
             tensors[f"{name}::indices"] = (np.asarray(edit.indices, dtype=np.int64), "I64")
     metadata = {
-        "format": "tnedit.revert/1",
+        "format": REVERT_FORMAT,
         "layout": ckpt.arch.layout,
-        "source_card": source_card.read_text(encoding="utf-8") if source_card.is_file() else "",
-        "source_had_card": "1" if source_card.is_file() else "0",
+        "source_card": source_card or "",
+        "source_had_card": "1" if source_card is not None else "0",
     }
-    write_safetensors(path, tensors, metadata)
+    return write_safetensors(path, tensors, metadata)
 
 
 def _provenance(
@@ -557,17 +769,18 @@ def _provenance(
     spec: EditSpec,
     neuron_set: NeuronSet | None,
     neuron_source: str | None,
-    weights: dict[str, dict[str, Any]],
     command: str | None,
+    files: dict[str, Any],
 ) -> dict[str, Any]:
+    """tnedit.json. ``files``: the weight files' digests, the revert file's, the source's own
+    provenance (``previous``) and its card's text."""
     import datetime
 
     from tnedit.architectures import hidden_size
 
-    previous = resolved.path / PROVENANCE_NAME
     method = asdict(neuron_set.method) if neuron_set and neuron_set.method else None
     return {
-        "format": "tnedit.provenance/1",
+        "format": PROVENANCE_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "source": {
@@ -579,7 +792,7 @@ def _provenance(
             "intermediate_size": ckpt.intermediate_size,
             "hidden_size": hidden_size(ckpt.config, ckpt.arch),
             "fingerprint": ckpt.fingerprint(),
-            "license": _source_license(resolved.path / CARD_NAME),
+            "license": _card_license(files["card"]),
         },
         "neuron_set": {
             "path": neuron_source,
@@ -596,41 +809,175 @@ def _provenance(
             "semantics": SEMANTICS_NOTE,
         },
         "versions": package_versions(),
-        "weights": weights,
+        "weights": files["weights"],
         "revert_file": REVERT_NAME,
-        "previous_provenance": json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else None,
+        "revert_sha256": files["revert_sha256"],
+        "previous_provenance": files["previous"],
     }
 
 
-def _source_license(card: Path) -> str | None:
+def _card_license(card: str | None) -> str | None:
     from tnedit.card import read_front_matter
 
-    if not card.is_file():
+    if card is None:
         return None
-    value = read_front_matter(card.read_text(encoding="utf-8")).get("license")
+    value = read_front_matter(card).get("license")
     return str(value) if value is not None else None
 
 
 # --- revert -------------------------------------------------------------------------------------
+
+PROVENANCE_FORMAT = "tnedit.provenance/1"
+REVERT_FORMAT = "tnedit.revert/1"
 
 
 def read_provenance(edited: Path) -> dict[str, Any]:
     path = edited / PROVENANCE_NAME
     if not path.is_file():
         raise CheckpointError(f"{edited}: no {PROVENANCE_NAME}; not a checkpoint written by tnedit apply")
-    try:
-        prov = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg})") from None
-    if not isinstance(prov, dict) or prov.get("format") != "tnedit.provenance/1":
-        raise CheckpointError(f"{path}: key 'format' must be 'tnedit.provenance/1'")
+    prov = _read_json(path)
+    if not isinstance(prov, dict) or prov.get("format") != PROVENANCE_FORMAT:
+        raise CheckpointError(f"{path}: key 'format' must be '{PROVENANCE_FORMAT}'")
     return prov
 
 
-def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
-    """Write ``out`` with the weight files of the checkpoint ``edited`` was made from, byte for byte."""
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class RecordedDigests:
+    """What tnedit.json promises about an edited checkpoint, checked for shape before revert trusts it.
 
+    ``source`` and ``revert_sha256`` are None for provenance written by tnedit 0.1, which recorded
+    only the edited files' digests.
+    """
+
+    edited: dict[str, str]  # SHA-256 of each weight file of the edited checkpoint
+    source: dict[str, str] | None  # SHA-256 of each weight file of its source
+    edited_tensors: dict[str, list[str]]  # per file, as apply listed them (files without the key absent)
+    revert_sha256: str | None
+
+
+def _digest_at(obj: dict[str, Any], key: str, label: str, path: Path) -> str:
+    if key not in obj:
+        raise CheckpointError(f"{path}: key '{label}' is missing")
+    if not is_sha256(obj[key]):
+        raise CheckpointError(f"{path}: key '{label}' must be a SHA-256 hex digest, got {obj[key]!r:.80}")
+    return str(obj[key])
+
+
+def recorded_digests(prov: dict[str, Any], ckpt: Checkpoint) -> RecordedDigests:
+    """The digests tnedit.json records, every key present and of its type, naming exactly ``ckpt``'s weight files."""
+    path = ckpt.path / PROVENANCE_NAME
+    weights = prov.get("weights")
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{path}: key 'weights' must be an object mapping each weight file to its SHA-256")
+    for name in weights:
+        contained_name(ckpt.path, name, f"{path}: key 'weights'")
+    if sorted(weights) != sorted(ckpt.weight_files):
+        raise CheckpointError(
+            f"{path}: key 'weights' lists {sorted(weights)}, but {ckpt.path} holds {sorted(ckpt.weight_files)}"
+        )
+    legacy = "revert_sha256" not in prov and not any(
+        isinstance(entry, dict) and "source_sha256" in entry for entry in weights.values()
+    )
+    edited, source, tensors = {}, {}, {}
+    for name, entry in weights.items():
+        label = f"weights['{name}']"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: key '{label}' must be an object with its sha256")
+        edited[name] = _digest_at(entry, "sha256", f"{label}.sha256", path)
+        if not legacy:
+            source[name] = _digest_at(entry, "source_sha256", f"{label}.source_sha256", path)
+        if "edited_tensors" in entry:
+            listed = entry["edited_tensors"]
+            if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+                raise CheckpointError(f"{path}: key '{label}.edited_tensors' must be a list of tensor names")
+            tensors[name] = sorted(listed)
+    revert_sha256 = None if legacy else _digest_at(prov, "revert_sha256", "revert_sha256", path)
+    return RecordedDigests(edited, None if legacy else source, tensors, revert_sha256)
+
+
+def _restore_patches(
+    revert_path: Path, ckpt: Checkpoint, recorded: RecordedDigests
+) -> tuple[dict[str, dict[str, TensorPatch]], dict[str, str]]:
+    """Per weight file, the patches that put the original slices back; and the revert file's metadata.
+
+    Every tensor of the revert file must restore a tensor of the checkpoint, with indices in range
+    and originals of that tensor's dtype and shape, and the files it touches must be the ones
+    tnedit.json lists as edited.
+    """
+    revert = read_header(revert_path)
+    metadata = revert.metadata or {}
+    if metadata.get("format") != REVERT_FORMAT:
+        raise CheckpointError(f"{revert_path}: metadata key 'format' must be '{REVERT_FORMAT}'")
+    if metadata.get("layout", ckpt.arch.layout) != ckpt.arch.layout:
+        raise CheckpointError(
+            f"{revert_path}: metadata key 'layout' must be '{ckpt.arch.layout}' for {ckpt.model_type}"
+        )
+    axis = neuron_axis(ckpt.arch)
+    restore: dict[str, dict[str, TensorPatch]] = defaultdict(dict)
+    for name in _restored_names(revert, ckpt):
+        indices, original = _revert_slices(revert, ckpt, name, axis)
+        restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=original)
+    for f in ckpt.weight_files:
+        listed = recorded.edited_tensors.get(f)
+        if listed is not None and listed != sorted(restore.get(f, {})):
+            raise CheckpointError(
+                f"{revert_path}: restores {sorted(restore.get(f, {}))} in {f}, but {PROVENANCE_NAME} key "
+                f"'weights['{f}'].edited_tensors' lists {listed}"
+            )
+    return restore, metadata
+
+
+def _restored_names(revert: SafetensorsHeader, ckpt: Checkpoint) -> list[str]:
+    names = []
+    for key in sorted(revert.tensors):
+        name, _, part = key.rpartition("::")
+        if part not in ("original", "indices") or not name:
+            raise CheckpointError(f"{revert.path}: tensor '{key}' is not NAME::original or NAME::indices")
+        if name not in ckpt.tensor_file:
+            raise CheckpointError(f"{revert.path}: names tensor '{name}', which the checkpoint lacks")
+        if part == "original":
+            names.append(name)
+        elif f"{name}::original" not in revert.tensors:
+            raise CheckpointError(f"{revert.path}: has '{key}' but no '{name}::original'")
+    return names
+
+
+def _revert_slices(revert: SafetensorsHeader, ckpt: Checkpoint, name: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices and original slices of one tensor, checked against the tensor they restore."""
+    info, where = ckpt.tensor(name), f"{revert.path}: tensor '{name}::indices'"
+    index_info = revert.tensors.get(f"{name}::indices")
+    if index_info is None or index_info.dtype != "I64" or len(index_info.shape) != 1:
+        raise CheckpointError(f"{where} must be a 1-D I64 tensor of neuron indices")
+    indices = read_tensor(revert, f"{name}::indices")
+    if len(indices) == 0 or np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= info.shape[axis]:
+        raise CheckpointError(f"{where} must be increasing neuron indices in 0..{info.shape[axis] - 1}")
+    expected = list(info.shape)
+    expected[axis] = len(indices)
+    original = revert.tensors[f"{name}::original"]
+    if original.dtype != info.dtype or list(original.shape) != expected:
+        raise CheckpointError(
+            f"{revert.path}: tensor '{name}::original' is {original.dtype} {list(original.shape)}, "
+            f"expected {info.dtype} {expected} (the tensor it restores)"
+        )
+    return indices, read_tensor(revert, f"{name}::original")
+
+
+def revert_checkpoint(
+    edited: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    warn: Callable[[str], Any] | None = None,
+) -> Path:
+    """Write ``out`` with the weight files of the checkpoint ``edited`` was made from, byte for byte.
+
+    Before anything is used, tnedit.json must record every digest revert checks, and the revert
+    file must have the SHA-256 recorded there. Each weight file is verified while it is copied: the
+    edited file against its recorded SHA-256, the restored bytes against the source's, and ``out``
+    appears only if every one matches. Provenance of tnedit 0.1 recorded no source digests: its
+    checkpoints are still restored, with a warning that the result cannot be verified.
+    """
     edited, out = Path(edited), Path(out)
     require_directory(edited)
     prov = read_provenance(edited)
@@ -638,38 +985,56 @@ def revert_checkpoint(edited: str | Path, out: str | Path, *, overwrite: bool = 
     if not revert_path.is_file():
         raise CheckpointError(f"{edited}: {REVERT_NAME} is missing; cannot restore the original columns")
     ckpt = open_checkpoint(edited)
+    recorded = recorded_digests(prov, ckpt)
     check_output_dir(out, edited, overwrite)
-    axis = neuron_axis(ckpt.arch)
-    revert = read_header(revert_path)
-    metadata = revert.metadata or {}
-    if metadata.get("format") != "tnedit.revert/1":
-        raise CheckpointError(f"{revert_path}: metadata key 'format' must be 'tnedit.revert/1'")
-    restore: dict[str, dict[str, TensorPatch]] = defaultdict(dict)
-    for key in revert.tensors:
-        if not key.endswith("::original"):
-            continue
-        name = key[: -len("::original")]
-        if name not in ckpt.tensor_file:
-            raise CheckpointError(f"{revert_path}: names tensor '{name}', which the checkpoint lacks")
-        indices = read_tensor(revert, f"{name}::indices")
-        restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=read_tensor(revert, key))
+    if recorded.revert_sha256 is None:
+        _warner(warn)(
+            f"{edited / PROVENANCE_NAME}: written by tnedit 0.1 (no 'revert_sha256' or 'source_sha256'): the edited "
+            "files are checked, but the restored bytes cannot be verified against the original's"
+        )
+    elif sha256_file(revert_path) != recorded.revert_sha256:
+        raise CheckpointError(
+            f"{revert_path}: SHA-256 differs from key 'revert_sha256' of {PROVENANCE_NAME}; the revert file was "
+            "modified or corrupted after apply"
+        )
+    restore, metadata = _restore_patches(revert_path, ckpt, recorded)
+    cancel = threading.Event()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        for rel in ckpt.side_files():
-            if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
-                continue
-            copy_plain(edited / rel, tmp / rel)
-        for f in tqdm(ckpt.weight_files, desc="revert", disable=not progress):
-            expected = prov.get("weights", {}).get(f, {}).get("sha256")
-            if f in restore:
-                result = copy_with_patches(edited / f, tmp / f, restore[f], ckpt.headers[f], hash_source=True)
-                actual = result.source_sha256
-            else:
-                actual = copy_plain(edited / f, tmp / f)
-            if expected and actual != expected:
-                raise CheckpointError(
-                    f"{edited / f}: SHA-256 differs from {PROVENANCE_NAME}; the edited checkpoint was modified "
-                    "after apply, so a byte-identical revert is impossible"
-                )
+        _copy_side_files(edited, tmp, ckpt)
+
+        def one(f: str) -> tuple[str, str]:
+            return f, _restore_file(ckpt, f, tmp / f, restore.get(f), recorded, cancel)
+
+        _in_parallel(one, {f: _size(ckpt, f) for f in ckpt.weight_files}, "revert", progress, cancel)
         if metadata.get("source_had_card") == "1":
-            (tmp / CARD_NAME).write_text(metadata.get("source_card", ""), encoding="utf-8")
+            write_new_text(tmp / CARD_NAME, metadata.get("source_card", ""))
     return out
+
+
+def _restore_file(
+    ckpt: Checkpoint,
+    f: str,
+    dst: Path,
+    patches: dict[str, TensorPatch] | None,
+    recorded: RecordedDigests,
+    cancel: threading.Event,
+) -> str:
+    """Write one original weight file; its digests are checked before revert's output can appear."""
+    src, header = ckpt.path / f, ckpt.headers[f]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if patches:
+        result = copy_with_patches(src, dst, patches, header, hash_source=True, cancel=cancel)
+        read, written = result.source_sha256, result.output_sha256
+    else:
+        read = written = copy_plain(src, dst, expected=header.identity, cancel=cancel)
+    if read != recorded.edited[f]:
+        raise CheckpointError(
+            f"{src}: SHA-256 differs from {PROVENANCE_NAME} key 'weights['{f}'].sha256'; the edited checkpoint was "
+            "modified after apply, so a byte-identical revert is impossible"
+        )
+    if recorded.source is not None and written != recorded.source[f]:
+        raise CheckpointError(
+            f"{ckpt.path / REVERT_NAME}: restoring {f} does not give the original bytes (SHA-256 differs from "
+            f"{PROVENANCE_NAME} key 'weights['{f}'].source_sha256')"
+        )
+    return written

@@ -35,3 +35,7 @@ class RecipeError(InputError):
 
 class HubError(TneditError):
     """A Hub upload that failed: authentication, network or checksum."""
+
+
+class NonFiniteEditError(InputError):
+    """A scaling factor whose result does not fit the weights' dtype (it would write inf or NaN)."""

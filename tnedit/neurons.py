@@ -1,6 +1,7 @@
 """The neuron-set file format (``tnedit.neurons/1``) and the plain neuron lists apply accepts.
 
-A leaf module: it imports nothing from tnedit, so files can be read and validated without torch.
+Nearly a leaf: it imports only ``tnedit.errors`` and ``tnedit.outputs`` (standard library only), so
+files can be read and validated without torch or numpy.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tnedit.errors import NeuronSetError
+from tnedit.outputs import write_text
+
 FORMAT = "tnedit.neurons/1"
+FLOAT32_MAX = 3.4028234663852886e38  # factors are applied in float32: a larger one is already inf
 
 
-class NeuronFormatError(ValueError):
-    """A neurons file or list that cannot be used as given. The message names the file and key."""
+class NeuronFormatError(NeuronSetError, ValueError):
+    """A neurons file or list that cannot be used as given. The message names the file and key.
+
+    A TneditError (so the CLI prints it as one line) that stays a ValueError for library callers.
+    """
 
 
 @dataclass(frozen=True)
@@ -106,13 +114,8 @@ class NeuronSet:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: a reader never sees half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write atomically: a reader never sees half a file, and a killed writer's temporary is cleaned up."""
+        return write_text(Path(path), self.to_json())
 
     def validate_shape(self, num_layers: int, intermediate_size: int, where: str = "neurons") -> None:
         for n in self.neurons:
@@ -163,15 +166,24 @@ def fingerprint(
 
 
 def parse_factor(value: Any, where: str) -> float:
+    """A finite factor, finite in float32 too: edits multiply in float32, where 1e39 is already inf."""
     if isinstance(value, bool):
         raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}")
     try:
         factor = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}") from None
     if not math.isfinite(factor):
         raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}")
+    if abs(factor) > FLOAT32_MAX:
+        raise NeuronFormatError(
+            f"{where}: factor {value!r} is not finite in float32 (|factor| must be at most {FLOAT32_MAX:.4g})"
+        )
     return factor
+
+
+# ASCII digits only: str.isdigit() accepts '²', which int() then rejects.
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
 def _parse_int(value: Any, what: str, where: str) -> int:
@@ -181,7 +193,7 @@ def _parse_int(value: Any, what: str, where: str) -> int:
         parsed = value
     elif isinstance(value, float) and value.is_integer():
         parsed = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         parsed = int(value.strip())
     else:
         raise NeuronFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
@@ -205,10 +217,9 @@ def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
             raise NeuronFormatError(f"{where}: missing key '{key}' (expected layer, index[, score, factor])")
     score = obj.get("score")
     if score is not None:
-        try:
-            score = float(score)
-        except (TypeError, ValueError):
-            raise NeuronFormatError(f"{where}: 'score' must be a number, got {score!r}") from None
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise NeuronFormatError(f"{where}: 'score' must be a finite number, got {score!r}")
+        score = float(score)
     factor = parse_factor(obj["factor"], where) if obj.get("factor") is not None else None
     return Neuron(
         _parse_int(obj["layer"], "layer", where),
@@ -228,7 +239,7 @@ def parse_neuron_list(text: str, where: str = "--neurons") -> list[Neuron]:
 
 def _parse_csv(text: str, where: str) -> list[Neuron]:
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if rows and not rows[0][0].strip().lstrip("-").isdigit():
+    if rows and not _DIGITS.fullmatch(rows[0][0].strip().lstrip("-")):
         header = [c.strip().lower() for c in rows[0]]
         if header[:2] != ["layer", "index"]:
             raise NeuronFormatError(f"{where}: CSV header must start with layer,index, got {rows[0]!r}")
@@ -255,19 +266,75 @@ def neuron_set_from_dict(obj: dict[str, Any], where: str) -> NeuronSet:
         neurons.append(_neuron_from_mapping(item, f"{where}: neurons[{i}]"))
     model = None
     if obj.get("model") is not None:
-        m = _require(obj, "model", dict, where)
-        try:
-            model = ModelInfo(**m)
-        except TypeError as exc:
-            raise NeuronFormatError(f"{where}: key 'model' is malformed ({exc})") from None
+        model = ModelInfo(**_checked_block(_require(obj, "model", dict, where), "model", _MODEL_FIELDS, where))
     method = None
     if obj.get("method") is not None:
-        m = _require(obj, "method", dict, where)
-        try:
-            method = Method(**m)
-        except TypeError as exc:
-            raise NeuronFormatError(f"{where}: key 'method' is malformed ({exc})") from None
+        method = Method(**_checked_block(_require(obj, "method", dict, where), "method", _METHOD_FIELDS, where))
     return NeuronSet(neurons=neurons, model=model, method=method)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What each field of the model and method blocks must hold: (description, check).
+_KINDS: dict[str, Any] = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": _is_int,
+    "a positive integer": lambda v: _is_int(v) and v > 0,
+    "a non-negative integer": lambda v: _is_int(v) and v >= 0,
+    "an object": lambda v: isinstance(v, dict),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of non-negative integers": lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v),
+}
+_MODEL_FIELDS = {
+    "name_or_path": "a string",
+    "model_type": "a string",
+    "num_layers": "a positive integer",
+    "intermediate_size": "a positive integer",
+    "fingerprint": "a string",
+    "revision": "a string",
+    "hidden_size": "a positive integer",
+}
+_METHOD_FIELDS = {
+    "kind": "a string",
+    "type": "an integer",
+    "language": "a string",
+    "languages": "a list of strings",
+    "layers": "a list of non-negative integers",
+    "k": "a non-negative integer",
+    "data": "an object",
+    "position": "a string",
+    "dtype": "a string",
+    "tokenizer": "an object",
+    "seed": "an integer",
+    "tnedit_version": "a string",
+    "extra": "an object",
+}
+
+
+def _checked_block(block: dict[str, Any], name: str, kinds: dict[str, str], where: str) -> dict[str, Any]:
+    """The ``model`` or ``method`` object with every field of the type its dataclass expects.
+
+    Required fields must be present; fields whose default is None may be null; the others, when
+    present, must hold their kind (a list stays a list).
+    """
+    cls = ModelInfo if name == "model" else Method
+    for key in block:
+        if key not in kinds:
+            raise NeuronFormatError(f"{where}: key '{name}.{key}' is unknown (expected {', '.join(kinds)})")
+    for f in fields(cls):
+        required = f.default is MISSING and f.default_factory is MISSING
+        if f.name not in block:
+            if required:
+                raise NeuronFormatError(f"{where}: key '{name}.{f.name}' is missing")
+            continue
+        value, kind = block[f.name], kinds[f.name]
+        if value is None and not required and f.default is None:
+            continue
+        if not _KINDS[kind](value):
+            raise NeuronFormatError(f"{where}: key '{name}.{f.name}' must be {kind}, got {value!r}")
+    return block
 
 
 def _parse_json(text: str, where: str) -> NeuronSet:
@@ -354,7 +421,7 @@ def parse_layers(
         else:
             found: set[int] = set()
             for item in (p.strip() for p in text.split(",")):
-                m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+                m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item, re.ASCII)
                 if not m:
                     raise NeuronFormatError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
                 lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
@@ -402,17 +469,26 @@ def _fraction_layers(text: str, num_layers: int | None, where: str) -> list[int]
     return layers
 
 
-_INLINE_LIST = re.compile(r"[\s0-9:.,eE+-]+")
+_FILE_SUFFIXES = {".json", ".csv", ".tsv", ".txt"}
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or Path(value).suffix.lower() in _FILE_SUFFIXES
 
 
 def read_neuron_argument(value: str, where: str = "--neurons") -> tuple[NeuronSet, str]:
     """``--neurons`` takes either form: a neurons file, or an inline list ``"3:17,3:99:0.5"``.
 
-    Returns the set and a label for messages and provenance (the path, or ``where``).
+    Returns the set and a label for messages and provenance (the path, or ``where``). A value that
+    names no file and does not look like a path is parsed as a list, so its error names the item.
     """
     path = Path(value).expanduser()
     if path.is_file():
         return load_neurons(path), str(value)
-    if ":" in value and _INLINE_LIST.fullmatch(value):
-        return NeuronSet(parse_neuron_list(value, where), method=Method(kind="manual")), where
-    raise NeuronFormatError(f"{where}: '{value}' is neither a neurons file nor an inline list like 3:17,3:99:0.5")
+    if path.is_dir():
+        raise NeuronFormatError(f"{where}: '{value}' is a directory; expected a neurons file or a list like 3:17,3:99")
+    if _looks_like_path(value) or ":" not in value:
+        raise NeuronFormatError(
+            f"{where}: '{value}' is neither a neurons file nor a list of layer,index[,factor] items like 3:17,3:99:0.5"
+        )
+    return NeuronSet(parse_neuron_list(value, where), method=Method(kind="manual")), where

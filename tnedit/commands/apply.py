@@ -9,14 +9,15 @@ import click
 from tnedit.commands.common import command_line, emit, json_option, quiet_option, warn
 
 
-def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -> NeuronSet
+def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -> (NeuronSet, label)
+    """The neuron set from NEURONS_FILE or from --neurons (a neurons file or an inline list)."""
     from tnedit.errors import InputError
-    from tnedit.neurons import Method, NeuronSet, load_neurons, parse_neuron_list
+    from tnedit.neurons import load_neurons, read_neuron_argument
 
     if bool(neurons_file) == bool(neurons_text):
-        raise InputError('give the neurons either as NEURONS_FILE or as --neurons "L:I,..." (exactly one)')
+        raise InputError('give the neurons either as NEURONS_FILE or as --neurons FILE|"L:I,..." (exactly one)')
     if neurons_text:
-        return NeuronSet(parse_neuron_list(neurons_text), method=Method(kind="manual")), "--neurons"
+        return read_neuron_argument(neurons_text, "--neurons")
     return load_neurons(neurons_file), str(neurons_file)
 
 
@@ -24,11 +25,15 @@ def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -
 @click.argument("model")
 @click.argument("neurons_file", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
-@click.option("--neurons", "neurons_text", help='Neurons inline: "LAYER:INDEX[:FACTOR],...".')
+@click.option(
+    "--neurons", "neurons_text", help='Neurons: a neurons file, or inline "LAYER:INDEX[:FACTOR],...".'
+)
 @click.option("--op", type=click.Choice(["zero", "scale"]), default="zero", help="What to do to each neuron.")
 @click.option("--factor", help="Scale factor for --op scale (per-neuron factors in the file override it).")
-@click.option("--top-k", type=int, help="Keep only the first K neurons of the (ranked) set.")
-@click.option("--layers", help="Keep only neurons in these layers: 0-11, 0,3,5-7 or 0.0:0.5.")
+@click.option("--top-k", type=int, help="Keep only the first K neurons within --layers of the (ranked) set.")
+@click.option(
+    "--layers", help="Keep only neurons in these layers (before --top-k picks the first K): 0-11, 0,3,5-7 or 0.0:0.5."
+)
 @click.option("--revision", help="Hub revision (branch, tag or commit) of MODEL.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--force", is_flag=True, help="Apply even if the neuron set was made for another model.")
@@ -60,8 +65,9 @@ def apply(
     """Bake zeroing or scaling of NEURONS into MODEL's MLP output projection; write OUT.
 
     MODEL is a local directory or a Hub id. NEURONS_FILE is a neurons.json from `tnedit identify`,
-    a JSON list, or a CSV of layer,index[,factor]. The source is never written to; OUT appears only
-    when complete.
+    a JSON list, or a CSV of layer,index[,factor]; --neurons takes such a file or an inline list.
+    With --top-k and --layers, the first K neurons within those layers are edited. The source is
+    never written to, OUT may not hold any input, and OUT appears only when complete.
 
     \b
     Example:
@@ -90,6 +96,7 @@ def apply(
         command=command_line(),
         progress=not quiet,
         warn=warn,
+        inputs=[neurons_file] if neurons_file else [],
     )
     summary = {
         "out": str(result.out),
@@ -117,18 +124,23 @@ def apply(
 @quiet_option
 @json_option
 def revert(edited, out, overwrite, quiet, as_json):
-    """Write OUT with the original weights of the checkpoint EDITED was made from (same SHA-256)."""
+    """Write OUT with the original weights of the checkpoint EDITED was made from (same SHA-256).
+
+    The revert file and every edited weight file are checked against the SHA-256s in EDITED's
+    tnedit.json, and the restored files against the source's recorded digests, before OUT appears.
+    """
     from tnedit.edit import revert_checkpoint
 
-    path = revert_checkpoint(edited, out, overwrite=overwrite, progress=not quiet)
+    path = revert_checkpoint(edited, out, overwrite=overwrite, progress=not quiet, warn=warn)
     emit({"out": str(path)}, as_json, f"wrote {path}: original weights restored")
 
 
 @click.command()
 @click.argument("neurons_file", type=click.Path(dir_okay=False))
-@click.option("--top", type=int, default=10, show_default=True, help="How many top neurons to list.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="How many top neurons to list.")
+@quiet_option
 @json_option
-def inspect(neurons_file, top, as_json):
+def inspect(neurons_file, top, quiet, as_json):
     """Show a neuron set: model, method, per-layer counts and the top neurons."""
     from dataclasses import asdict
 
