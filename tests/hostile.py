@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ def _digest(path: Path) -> str:
         return "link:" + os.readlink(path)
     if path.is_dir():
         return "dir"
+    if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO or device: opening it could block
+        return f"special:{stat.S_IFMT(os.lstat(path).st_mode)}"
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -95,6 +98,7 @@ def expect_clean_failure(
     inputs: Iterable[Path] = (),
     needles: Sequence[str] = (),
     code: int = 2,
+    verb: str | None = None,
 ) -> Outcome:
     """Run one bad-input case, record it in MATRIX, and assert every promise (see the module doc)."""
     watch, inputs = list(watch), list(inputs)
@@ -105,7 +109,7 @@ def expect_clean_failure(
     prefix = "tnedit: interrupted" if code == 130 else "tnedit: error:"
     outcome = Outcome(
         case=case,
-        verb=args[0] if args else "",
+        verb=verb or (args[0] if args else ""),
         exit_code=exit_code,
         stderr=err,
         traceback="Traceback (most recent call last)" in err,

@@ -568,3 +568,15 @@ def test_sha256_files_match_hashlib_and_report_progress(tmp_path):
     seen: list[int] = []
     assert sha256_files(paths, seen.append) == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     assert sum(seen) == sum(sizes)
+
+
+def test_inline_neuron_list_longer_than_a_file_name(tmp_path):
+    """A list of hundreds of neurons is no valid file name (ENAMETOOLONG); it must still parse as a list."""
+    from tnedit.neurons import read_neuron_argument
+
+    pairs = [(layer, index) for layer in range(30) for index in range(0, 600, 7)]
+    text = ",".join(f"{layer}:{index}" for layer, index in pairs)
+    assert len(text) > 4096
+    neuron_set, label = read_neuron_argument(text)
+    assert [n.key for n in neuron_set.neurons] == pairs
+    assert label == "--neurons"

@@ -51,8 +51,14 @@ def boom_verb(monkeypatch):
 )
 def test_usage_errors_are_one_line(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    expect_clean_failure(f"cli: usage {' '.join(args[:2])} {needle[:20]}", args, capsys, watch=[tmp_path],
-                         needles=[needle])
+    expect_clean_failure(
+        f"cli: usage {' '.join(args[:2])} {needle[:20]}",
+        args,
+        capsys,
+        watch=[tmp_path],
+        verb="(cli guard)",
+        needles=[needle],
+    )
 
 
 def test_unexpected_exception_is_one_line_and_debug_keeps_the_traceback(boom_verb, tmp_path, capsys, monkeypatch):
@@ -61,8 +67,14 @@ def test_unexpected_exception_is_one_line_and_debug_keeps_the_traceback(boom_ver
 
     boom_verb(body)
     monkeypatch.chdir(tmp_path)
-    outcome = expect_clean_failure("cli: unexpected RuntimeError", ["boom"], capsys, watch=[tmp_path],
-                                   needles=["RuntimeError: first line second line", "--debug"])
+    outcome = expect_clean_failure(
+        "cli: unexpected RuntimeError",
+        ["boom"],
+        capsys,
+        watch=[tmp_path],
+        verb="(cli guard)",
+        needles=["RuntimeError: first line second line", "--debug"],
+    )
     assert outcome.exit_code == 2
     with pytest.raises(RuntimeError, match="first line"):
         cli.main(["--debug", "boom"])
@@ -75,8 +87,14 @@ def test_os_errors_name_the_file(boom_verb, tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
     boom_verb(body)
-    expect_clean_failure("cli: OSError ENOSPC", ["boom"], capsys, watch=[tmp_path],
-                         needles=[f"{target}: No space left on device"])
+    expect_clean_failure(
+        "cli: OSError ENOSPC",
+        ["boom"],
+        capsys,
+        watch=[tmp_path],
+        verb="(cli guard)",
+        needles=[f"{target}: No space left on device"],
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -88,8 +106,15 @@ def test_sigterm_and_sighup_remove_partial_output_and_exit_130(signum, boom_verb
 
     boom_verb(body)
     before = signal.getsignal(signum)
-    expect_clean_failure(f"cli: {signal.Signals(signum).name} mid-write", ["boom"], capsys, watch=[tmp_path],
-                         code=130, needles=[f"interrupted by {signal.Signals(signum).name}", "nothing was written"])
+    expect_clean_failure(
+        f"cli: {signal.Signals(signum).name} mid-write",
+        ["boom"],
+        capsys,
+        watch=[tmp_path],
+        verb="(cli guard)",
+        code=130,
+        needles=[f"interrupted by {signal.Signals(signum).name}", "nothing was written"],
+    )
     assert signal.getsignal(signum) is before  # the handler lives for one command only
 
 

@@ -1089,11 +1089,11 @@ def test_top_k_counts_within_layers(model, tmp_path, capsys):
 
 
 def test_progress_bar_prints_its_final_line_once(sharded, tmp_path, capsys, monkeypatch):
-    import tnedit.edit
+    import tnedit.progress
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)  # --quiet in earlier tests set it for the process
     # Draw on every update, as a slow apply does (tqdm's adaptive miniters would skip some).
-    monkeypatch.setattr(tnedit.edit, "BAR_OPTIONS", {"mininterval": 0, "miniters": 1})
+    monkeypatch.setattr(tnedit.progress, "BAR_OPTIONS", {"mininterval": 0, "miniters": 1})
     code, _, err = run_cli(["apply", str(sharded), "--neurons", ALL_LAYERS, "-o", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert err.count("apply: 100%") == 1, err.replace("\r", "\n")

@@ -81,6 +81,11 @@ class ResolvedSource:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` as the Hub spells repo ids (a leading dot is a relative path, never an id)."""
+    return bool(_HUB_ID.match(source)) and not source.startswith(".")
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
@@ -101,7 +106,7 @@ def resolve_source(source: str, revision: str | None = None) -> ResolvedSource:
         if not local.is_dir():
             raise CheckpointError(f"{source}: not a directory (expected a model directory or a Hub id)")
         return ResolvedSource(local, source, revision, is_hub=False)
-    if not _HUB_ID.match(source) or source.startswith("."):
+    if not is_hub_id(source):
         raise CheckpointError(f"{source}: no such directory (and not a Hub id of the form owner/name)")
     from huggingface_hub import snapshot_download
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +49,7 @@ from tnedit.checkpoint import (
 )
 from tnedit.errors import CheckpointError, InputError, NonFiniteEditError
 from tnedit.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
+from tnedit.progress import byte_bar
 
 Op = Literal["zero", "scale"]
 Positions = Literal["all", "last", "prompt"]
@@ -672,7 +672,7 @@ def _in_parallel(
 
     order = sorted(sizes, key=lambda f: -sizes[f])  # largest first balances the workers
     results: dict[str, Any] = {}
-    with _byte_bar(sum(sizes.values()), desc, progress) as advance:
+    with byte_bar(sum(sizes.values()), desc, progress) as advance:
         pool = ThreadPoolExecutor(max_workers=_file_workers(len(order)))
         futures = [pool.submit(work, f) for f in order]
         try:
@@ -705,35 +705,6 @@ def _stop_workers(pool: Any, futures: Sequence[Any], cancel: threading.Event) ->
             return
         except KeyboardInterrupt:
             continue
-
-
-BAR_OPTIONS: dict[str, Any] = {"mininterval": 0.1}  # tqdm's default redraw interval; tests draw every update
-
-
-@contextmanager
-def _byte_bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A byte progress bar that prints its final line once.
-
-    tqdm draws the bar on an update that reaches the total and again on close() (with the overall
-    rate), so logs showed 100 % twice: the last update only counts, and close() draws the line. On
-    failure the bar is cleared, so the error is the only line left.
-    """
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, **BAR_OPTIONS)
-    with bar:
-
-        def advance(n: int) -> None:
-            if bar.n + n >= total:
-                bar.n = total
-            else:
-                bar.update(n)
-
-        try:
-            yield advance
-        except BaseException:
-            bar.leave = False
-            raise
 
 
 def _file_workers(n_files: int) -> int:

@@ -39,7 +39,7 @@ from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, re
 from tnedit.conditions import Accumulator, Condition, forward, run_generation
 from tnedit.errors import CheckpointError, InputError
 from tnedit.neurons import Neuron, NeuronSet, format_layers, parse_layers, read_neuron_argument
-from tnedit.outputs import check_output_dir, write_text
+from tnedit.outputs import check_output_dir
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -718,7 +718,7 @@ def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
 
     ``card_dir`` must be a checkpoint written by ``tnedit apply`` (see :func:`check_card_dir`).
     """
-    from tnedit.card import replace_section
+    from tnedit.card import update_card_section
     from tnedit.checkpoint import CARD_NAME
 
     data = report.data if isinstance(report, EvaluationReport) else report
@@ -730,6 +730,5 @@ def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
         except ValueError:
             prefix = None
     path = card_dir / CARD_NAME
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    write_text(path, replace_section(text, CARD_SECTION, card_markdown(data, prefix)))
+    update_card_section(path, CARD_SECTION, card_markdown(data, prefix))
     return path

@@ -269,7 +269,7 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     Every weight file named in ``tnedit.json`` must exist with the recorded SHA-256, and no other
     ``.safetensors`` file (besides the revert file) may sit beside them.
     """
-    from tqdm.auto import tqdm
+    from tnedit.progress import byte_bar
 
     path, prov = check_push_dir(path)
     weights: dict[str, dict[str, Any]] = prov["weights"]
@@ -287,8 +287,8 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     if REVERT_NAME not in files:
         notes.append(f"{REVERT_NAME} is missing: the pushed checkpoint cannot be reverted with `tnedit revert`")
     total = sum((path / f).stat().st_size for f in files)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="checksum", disable=not progress) as bar:
-        sha256 = dict(zip(files, sha256_files([path / f for f in files], bar.update), strict=True))
+    with byte_bar(total, "checksum", progress) as advance:
+        sha256 = dict(zip(files, sha256_files([path / f for f in files], advance), strict=True))
     problem = weights_problem(path, prov, digests=sha256)
     if problem:
         raise CheckpointError(f"{problem}, refusing to upload")

@@ -1424,10 +1424,10 @@ def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | 
     Reads the checkpoint headers of a local directory (via :mod:`tnedit.checkpoint`); for a Hub id
     falls back to the ``model`` block of ``like``.
     """
-    from tnedit.checkpoint import _HUB_ID, open_checkpoint
+    from tnedit.checkpoint import is_hub_id, open_checkpoint
 
     local = Path(model).expanduser()
-    if local.exists() or not _HUB_ID.match(str(model)) or str(model).startswith("."):
+    if local.exists() or not is_hub_id(str(model)):
         ckpt = open_checkpoint(local)  # a path that is no model directory fails here, one line
         info = ModelInfo(
             name_or_path=model,

@@ -483,9 +483,13 @@ def read_neuron_argument(value: str, where: str = "--neurons") -> tuple[NeuronSe
     names no file and does not look like a path is parsed as a list, so its error names the item.
     """
     path = Path(value).expanduser()
-    if path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError:  # a long inline list is no valid file name (ENAMETOOLONG)
+        is_file = is_dir = False
+    if is_file:
         return load_neurons(path), str(value)
-    if path.is_dir():
+    if is_dir:
         raise NeuronFormatError(f"{where}: '{value}' is a directory; expected a neurons file or a list like 3:17,3:99")
     if _looks_like_path(value) or ":" not in value:
         raise NeuronFormatError(

@@ -167,8 +167,18 @@ def atomic_directory(out: Path | str, overwrite: bool = False) -> Iterator[Path]
             os.replace(tmp, out)
         COMPLETED.append(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that a second Ctrl-C or SIGTERM cannot cut short: the cleanup is retried until done."""
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from tnedit.checkpoint import is_hub_id
 from tnedit.errors import InputError, RecipeError
 from tnedit.outputs import atomic_directory, check_output_dir, contained_name, write_json
 
@@ -394,13 +395,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 # --- paths ---------------------------------------------------------------------------------------
-
-# Hub ids as tnedit.checkpoint.resolve_source accepts them: owner/name.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def is_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.fullmatch(value)) and not value.startswith(".")
 
 
 def _tidy(path: Path) -> Path:
