@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -31,3 +32,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     if MATRIX:
         terminalreporter.write_sep("-", f"bad-input matrix: {len(MATRIX)} cases")
         terminalreporter.write_line(matrix_table(MATRIX))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning
+    makes them 50x slower; the setting is restored for the rest of the session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,6 +12,8 @@ import torch
 
 from tnedit import metrics as M
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # --- metrics vs hand computations ---------------------------------------------------------------
 
 
@@ -195,14 +197,6 @@ def test_script_language_id():
 
 # --- the runner on tiny models -------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning
-    makes them 50× slower; restore the setting for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 LANGS = ["ja", "ko"]

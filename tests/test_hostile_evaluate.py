@@ -17,19 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.hostile import compare_snapshots, expect_clean_failure, snapshot
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUICK = ["--n-pairs", "8", "--n-qa", "0", "--n-gen", "0", "--n-langid", "0", "--batch-size", "8", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _neuron_set(model_info=None):

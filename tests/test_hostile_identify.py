@@ -35,17 +35,13 @@ from tnedit import identify as lib
 from tnedit.architectures import architecture_for_config
 from tnedit.neurons import load_neurons
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 GPT2_POSITIONS = 12  # a context so short that some test sentences do not fit
 Q = ["--quiet", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

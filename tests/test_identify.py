@@ -17,6 +17,8 @@ from tnedit.capture import last_token_states, load_model
 from tnedit.errors import InputError, TneditError
 from tnedit.neurons import Method, Neuron, NeuronSet, load_neurons
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EN = [
     "The cat sits on the mat.",
     "I like tea.",
@@ -80,13 +82,6 @@ class FakeCorpus:
 CORPUS = FakeCorpus({"en": EN, "ja": JA, "ko": KO})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: thread hand-offs cost more than the maths, badly so on a busy 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
