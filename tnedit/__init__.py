@@ -1,6 +1,6 @@
 """tnedit: find, edit and ship multilingual transfer neurons as ordinary Hugging Face checkpoints."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _RECORDED_PACKAGES = ("torch", "transformers", "safetensors", "huggingface-hub", "numpy")
 
