@@ -42,3 +42,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty read-only directory (a bind mount); skipped where mounting is not allowed."""
+    from tests.hostile import read_only
+
+    target = tmp_path / "ro"
+    target.mkdir()
+    with read_only(target):
+        yield target
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs, to fill a disk; skipped where mounting is not allowed."""
+    from tests.hostile import mounted
+
+    target = tmp_path / "disk"
+    target.mkdir()
+    with mounted("-t", "tmpfs", "-o", "size=1m", "tmpfs", target=target):
+        yield target

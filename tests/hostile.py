@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Sequence
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +145,27 @@ def matrix_table(outcomes: Sequence[Outcome]) -> str:
     rows += [row(v, [o for o in outcomes if o.verb == v]) for v in verbs]
     rows.append(row("**all**", list(outcomes)))
     return "\n".join(rows)
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@contextmanager
+def mounted(*args: str, target: Path) -> Iterator[Path]:
+    """``mount ARGS TARGET`` for the block, always unmounted; skips the test where mounting is refused."""
+    if not _mount(*args, str(target)):
+        pytest.skip(f"cannot mount {' '.join(args)} here")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """``path`` made read-only in place by a bind mount (root ignores permission bits)."""
+    with mounted("--bind", str(path), target=path):
+        if not _mount("-o", "remount,ro,bind", str(path)):
+            pytest.skip("cannot remount read-only here")
+        yield path

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -827,37 +827,6 @@ def test_out_overlapping_the_source_or_cwd_is_refused(where, model, tmp_path, ca
         inputs=[model],
     )
     assert work.is_dir()
-
-
-def _mount(args: list[str]) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    backing, target = tmp_path / "ro-backing", tmp_path / "ro"
-    backing.mkdir()
-    target.mkdir()
-    if not _mount(["--bind", str(backing), str(target)]):
-        pytest.skip("cannot bind-mount here")
-    try:
-        if not _mount(["-o", "remount,ro,bind", str(target)]):
-            pytest.skip("cannot remount read-only here")
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], capture_output=True)
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    target = tmp_path / "disk"
-    target.mkdir()
-    if not _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)]):
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], capture_output=True)
 
 
 def test_read_only_output_directory(read_only_dir, model, tmp_path, capsys):

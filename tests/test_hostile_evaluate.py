@@ -438,3 +438,46 @@ def test_sigterm_leaves_no_report(world, tmp_path_factory, stage):
     assert len(lines) == 1 and lines[0].startswith("tnedit: interrupted"), err
     assert not out.exists()
     assert compare_snapshots(before, snapshot([world.root])) == [], "no report, no temporary, inputs unchanged"
+
+
+# --- read-only destinations, checked before the evaluation runs ----------------------------------
+
+
+def test_update_card_on_a_read_only_checkpoint(world, capsys):
+    from tests.hostile import read_only
+
+    with read_only(world.ed):
+        fails(world, "evaluate: --update-card on a read-only checkpoint",
+              baked(world, "--update-card", str(world.ed)), capsys, "--update-card", "read-only file system")
+
+
+def test_report_into_a_read_only_directory(world, read_only_dir, capsys):
+    fails(world, "evaluate: -o in a read-only directory", baked(world, out=read_only_dir / "report"), capsys,
+          str(read_only_dir / "report"), "read-only file system")
+
+
+# --- a model whose context is shorter than the text ------------------------------------------------
+
+
+def test_gpt2_text_and_generation_longer_than_its_context(tmp_path, capsys):
+    """Sentences and prompts past GPT-2's position embeddings are cut, not an IndexError."""
+    from tests.hostile import run_cli
+    from tests.tiny import make_tiny
+    from tnedit.corpus import builtin_corpus
+
+    positions = 16
+    model = make_tiny("gpt2", tmp_path, subdir="gpt2", n_positions=positions)
+    pairs = builtin_corpus().pairs("en", "ja")[:8]
+    rows = ["en\tja", *(f"{en} {en} {en}\t{ja}{ja}{ja}" for en, ja in pairs)]
+    (tmp_path / "long.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ["evaluate", str(model), "--neurons", "0:1,1:2", "--lang", "ja", "--data", str(tmp_path / "long.tsv"),
+            "--n-pairs", "8", "--n-qa", "2", "--n-gen", "1", "--n-langid", "2", "--max-new-tokens", "4",
+            "--qa-max-new-tokens", "3", "--batch-size", "4", "-o", str(tmp_path / "report"), "--quiet"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["headline"], "the report has a headline"
+    bad = [str(positions) if a == "4" else a for a in args]  # --max-new-tokens: the whole context
+    bad[bad.index("-o") + 1] = str(tmp_path / "report2")
+    expect_clean_failure("evaluate: --max-new-tokens fills the context", bad, capsys, watch=[tmp_path],
+                         needles=[f"context of {positions} tokens"])

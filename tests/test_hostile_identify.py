@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -433,23 +432,6 @@ def test_select_quiet_overwrite_and_default_name(made, tmp_path, capsys):
     assert default.is_file()
     expect_clean_failure("select: default output exists", ["select", str(scores), "-k", "10"], capsys,
                          watch=[tmp_path], inputs=[default, scores], needles=[str(default), "--overwrite"])
-
-
-@pytest.fixture
-def read_only_dir(tmp_path) -> Iterator[Path]:
-    """A read-only bind mount (root ignores permission bits); skipped where mounting is not allowed."""
-    src, dst = tmp_path / "ro-src", tmp_path / "ro"
-    src.mkdir()
-    dst.mkdir()
-    (src / "kept.txt").write_text("already here\n", encoding="utf-8")
-    if subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True).returncode != 0:
-        pytest.skip("cannot bind-mount here")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(dst)], capture_output=True).returncode != 0:
-            pytest.skip("cannot remount read-only here")
-        yield dst
-    finally:
-        subprocess.run(["umount", str(dst)], capture_output=True)
 
 
 def test_select_into_a_read_only_directory(made, read_only_dir, tmp_path, capsys):

@@ -185,10 +185,11 @@ def forward(
             head["mask"] = None
 
 
-def _left_padded(tokenizer: Any, prompts: Sequence[str], device: Any) -> tuple[Any, Any]:
+def _left_padded(tokenizer: Any, prompts: Sequence[str], device: Any, max_prompt: int) -> tuple[Any, Any]:
+    """Left-padded prompt ids; a prompt longer than ``max_prompt`` keeps its end, where the question is."""
     import torch
 
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    encoded = [tokenizer(p)["input_ids"][-max_prompt:] for p in prompts]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -229,8 +230,16 @@ def generate(
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
+    from tnedit.capture import resolve_max_length
+    from tnedit.errors import InputError
+
     if not prompts or max_new_tokens == 0:
         return ["" for _ in prompts]
+    context = resolve_max_length(lm, None)
+    if max_new_tokens >= context:
+        raise InputError(f"{max_new_tokens} new tokens (--max-new-tokens, --qa-max-new-tokens) leave no room for "
+                         f"a prompt in the model's context "
+                         f"of {context} tokens")
     tok = lm.tokenizer
     eos = getattr(lm.model.generation_config, "eos_token_id", None)
     if eos is None:
@@ -245,7 +254,7 @@ def generate(
 
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False):
         rows = order[start : start + batch_size]
-        ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device)
+        ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device, context - max_new_tokens)
         if stop_at_newline:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_LineDone(tok, ids.shape[1])])
         with _edited(lm, cond, mask), torch.inference_mode():

@@ -39,7 +39,7 @@ from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, re
 from tnedit.conditions import Accumulator, Condition, forward, run_generation
 from tnedit.errors import CheckpointError, InputError
 from tnedit.neurons import Neuron, NeuronSet, format_layers, parse_layers, read_neuron_argument
-from tnedit.outputs import check_output_dir
+from tnedit.outputs import check_output_dir, require_writable
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -695,6 +695,7 @@ def check_report_dir(out: str | Path, settings: EvaluateSettings, overwrite: boo
     inputs = [p for p in map(_local, (settings.neurons, settings.data, settings.qa)) if p is not None]
     for source in sources or [None]:
         check_output_dir(out, source=source, overwrite=overwrite, inputs=inputs)
+    require_writable(out, "-o")
 
 
 def check_card_dir(card_dir: str | Path, original: str | Path | None = None) -> Path:
@@ -709,6 +710,7 @@ def check_card_dir(card_dir: str | Path, original: str | Path | None = None) -> 
     if not (card_dir / PROVENANCE_NAME).is_file():
         raise InputError(f"--update-card: {card_dir} has no {PROVENANCE_NAME}; only a checkpoint written by "
                          "`tnedit apply` gets an evaluation section in its card")
+    require_writable(card_dir, "--update-card")  # checked before the evaluation, not after it
     return card_dir
 
 

@@ -64,7 +64,7 @@ from tnedit.neurons import (
     round_half_up,
 )
 from tnedit.neurons import parse_layers as neurons_parse_layers
-from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name
+from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name, require_writable
 from tnedit.stats import eta2_summary, eta_squared_from_sums
 
 TYPE1_FRACTION = 0.625
@@ -825,23 +825,6 @@ def _local_model_dir(model: str | os.PathLike[str] | None) -> Path | None:
         return None
     path = Path(model).expanduser()
     return path if path.is_dir() else None
-
-
-def require_writable(path: Path | str, where: str = "-o", *, file: bool = False) -> None:
-    """Refuse, before any work, an output whose nearest existing ancestor is a file, read-only or not ours.
-
-    ``file``: ``path`` names a file (which may exist), so the search starts at its directory.
-    """
-    path = Path(os.path.abspath(Path(path).expanduser()))
-    existing = path.parent if file else path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{where} {path}: cannot be created, {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        raise InputError(f"{where} {path}: cannot write in {existing} "
-                         f"({'read-only file system' if read_only else 'permission denied'})")
 
 
 def check_output_directory(out: Path | str, model: str | os.PathLike[str] | None, where: str = "-o") -> None:

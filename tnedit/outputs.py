@@ -96,6 +96,23 @@ def check_output_file(path: Path | str, overwrite: bool = False, inputs: Iterabl
         raise InputError(f"{path}: already exists (pass --overwrite to replace it)")
 
 
+def require_writable(path: Path | str, where: str = "-o", *, file: bool = False) -> None:
+    """Refuse, before any work, an output whose nearest existing ancestor is a file, read-only or not ours.
+
+    ``file``: ``path`` names a file (which may exist), so the search starts at its directory.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    existing = path.parent if file else path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{where} {path}: cannot be created, {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        raise InputError(f"{where} {path}: cannot write in {existing} "
+                         f"({'read-only file system' if read_only else 'permission denied'})")
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
