@@ -246,12 +246,10 @@ def check_edited_weights(edited: Path, prov: dict[str, Any], force: bool, warn: 
 
 
 def _same_name(a: str, b: str) -> bool:
-    if a == b:
+    if _same_source(a, b):
         return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists() and pa.resolve() == pb.resolve():
-        return True
-    return pa.name == pb.name and pa.name not in ("", ".")
+    name = Path(a).expanduser().name
+    return name == Path(b).expanduser().name and name not in ("", ".")
 
 
 def check_derived(original: str, original_path: Path, prov: dict[str, Any], force: bool,

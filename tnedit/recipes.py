@@ -492,12 +492,6 @@ def check_output_location(recipe: Recipe, where: str) -> None:
     """Refuse, before anything is written, an output that is, contains or lies inside the model
     directory, holds a data or neurons file, or is the working directory or one of its parents."""
     out = Path(recipe.output).expanduser()
-    here = Path(os.path.realpath(Path.cwd()))
-    if out.exists() and Path(os.path.realpath(out)) in (here, *here.parents):
-        raise RecipeError(
-            f"{where}: output: {recipe.output} is the working directory or one of its parents; give the run a "
-            "directory of its own"
-        )
     model = Path(recipe.model.name).expanduser()
     inputs = [path for _, path in _data_files(recipe) + _neuron_files(recipe) if Path(path).exists()]
     try:
