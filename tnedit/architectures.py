@@ -1,7 +1,7 @@
 """Declarative per-architecture facts: where the MLP output projection lives and how to read it.
 
 Every other module asks this table instead of branching on ``model_type``. The module is a leaf: it
-imports nothing from tnedit and no heavy library, so the CLI can consult it without torch.
+imports only tnedit.errors and no heavy library, so the CLI can consult it without torch.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tnedit.errors import UnsupportedArchitectureError
 
 Layout = Literal["linear", "conv1d"]
 
@@ -203,8 +205,8 @@ MOE_TYPES: frozenset[str] = frozenset(
 _BY_TYPE: dict[str, Architecture] = {t: a for a in ARCHITECTURES for t in a.model_types}
 
 
-class UnknownArchitecture(ValueError):
-    """Raised for a model_type outside the table; tnedit.errors re-wraps it for the CLI."""
+class UnknownArchitecture(UnsupportedArchitectureError):
+    """A model_type outside the table, or a config without a fact the entry needs (still a ValueError)."""
 
 
 def supported_model_types() -> list[str]:

@@ -47,7 +47,7 @@ from tnedit.checkpoint import (
     write_safetensors,
     writing,
 )
-from tnedit.errors import CheckpointError, InputError, NonFiniteEditError
+from tnedit.errors import CheckpointError, InputError, NonFiniteEditError, TneditWarning
 from tnedit.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
 from tnedit.progress import byte_bar
 
@@ -509,7 +509,7 @@ def _warner(warn: Callable[[str], Any] | None) -> Callable[[str], Any]:
     """The caller's warning callback, else a Python warning (which the CLI prints as one line)."""
     import warnings
 
-    return warn or (lambda message: warnings.warn(message, stacklevel=3))
+    return warn or (lambda message: warnings.warn(message, TneditWarning, stacklevel=3))
 
 
 def _protected_inputs(inputs: Iterable[str | Path], neuron_source: str | None) -> list[Path]:

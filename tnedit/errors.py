@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class TneditWarning(UserWarning):
+    """A recoverable oddity a library user may filter (``warnings.simplefilter("error", TneditWarning)``)."""
+
+
 class TneditError(Exception):
     """A failure caused by the user's input or environment, reported without a traceback."""
 
@@ -21,8 +25,8 @@ class NeuronSetError(InputError):
     """A neurons file or neuron list that is malformed or does not fit the model."""
 
 
-class UnsupportedArchitectureError(InputError):
-    """A model_type that the architecture registry does not cover."""
+class UnsupportedArchitectureError(InputError, ValueError):
+    """A model_type that the architecture registry does not cover, or a config it cannot read."""
 
 
 class CorpusError(InputError):

@@ -52,7 +52,7 @@ from tnedit.capture import (
     resolve_max_length,
     stat_device,
 )
-from tnedit.errors import CorpusError, InputError, NeuronSetError
+from tnedit.errors import CorpusError, InputError, NeuronSetError, TneditWarning
 from tnedit.neurons import (
     Method,
     ModelInfo,
@@ -75,7 +75,7 @@ CHECKPOINT_DIR = ".identify-checkpoint"
 BatchCallback = Callable[[str, int, int], None]  # (pass name, batches done, batches total)
 
 
-class IdentifyWarning(UserWarning):
+class IdentifyWarning(TneditWarning):
     """A recoverable oddity (k capped, resume without a checkpoint ...)."""
 
 
