@@ -9,7 +9,7 @@ stdout and stderr captured at the file-descriptor level, as a shell would see th
 parallel.
 
 One process per side instead of one per step: a fresh interpreter costs ~4 s (torch, transformers), and
-the golden file runs ~60 steps; both sides see the same sequence, so nothing that carries over from one
+the golden file runs ~80 steps; both sides see the same sequence, so nothing that carries over from one
 step to the next can make them differ.
 
 ``TNEDIT_GOLDEN_CURRENT=/some/dir`` runs the "current" side from ``/some/dir/tnedit`` instead of the working
