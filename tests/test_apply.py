@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.hostile import run_cli as hostile_run_cli
 from tests.tiny import TINY_TYPES, load_tiny, make_tiny
 from tnedit.architectures import decoder_layers, get_architecture, neuron_axis, resolve_module
-from tnedit.cli import main
 from tnedit.edit import RuntimeEdit, apply_to_model, make_edit_spec
 from tnedit.neurons import Neuron
 
@@ -24,12 +24,8 @@ NEURON_LIST = [(0, 3), (0, 17), (1, 5), (2, 63), (3, 0)]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what fixtures printed
-    with pytest.raises(SystemExit) as info:
-        main([*args, "--quiet"] if args and args[0] in ("apply", "revert") else args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
+    """tests.hostile.run_cli, with --quiet added to apply and revert (their progress bars)."""
+    return hostile_run_cli([*args, "--quiet"] if args and args[0] in ("apply", "revert") else args, capsys)
 
 
 def sha(path: Path) -> str:

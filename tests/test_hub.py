@@ -16,8 +16,6 @@ import logging
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,9 +25,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
+from tests.hostile import run_cli
 from tests.tiny import make_tiny
 from tnedit.card import read_front_matter
-from tnedit.cli import main
 from tnedit.errors import CheckpointError, HubError, InputError
 from tnedit.hub import PushSettings, git_blob_sha1, push_checkpoint
 
@@ -382,15 +380,6 @@ def hub(monkeypatch):
         assert not server.unknown, f"the client called routes the stand-in lacks: {server.unknown}"
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
-
-
 def dir_files(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -622,14 +611,3 @@ def test_apply_push_to_hub_chains(checkpoints, tmp_path, hub, capsys):
     assert hub.uploaded() == dir_files(out)
     assert set(hub.commits[hub.client_commits[-1]].added) == {"README.md"}
     assert TOKEN not in stdout + err
-
-
-def test_push_help_imports_no_hub_client():
-    code = (
-        "import sys\nfrom tnedit.cli import main\n"
-        "try:\n    main(['push', '--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'huggingface_hub' not in sys.modules and 'torch' not in sys.modules, 'heavy import'\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "--revision BRANCH" in done.stdout and "--private" in done.stdout
