@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile import compare_snapshots, expect_clean_failure, run_cli, snapshot
+from tests.hostile import Outcome, compare_snapshots, expect_clean_failure, run_cli, snapshot
 from tests.tiny import load_tiny, make_tiny
 from tnedit.checkpoint import REVERT_NAME, open_checkpoint, read_header
 from tnedit.neurons import Method, ModelInfo, Neuron, NeuronSet
@@ -75,6 +75,12 @@ def edited(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> P
 
 
 # --- 1. names read from files stay inside the checkpoint -------------------------------------------
+
+
+def apply_fails(case: str, model: Path, tmp_path: Path, capsys: Any, *needles: str) -> Outcome:
+    """The common case: ``tnedit apply MODEL --neurons 0:1 -o OUT`` must fail cleanly, MODEL untouched."""
+    return expect_clean_failure(case, ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
+                                capsys, watch=[tmp_path], inputs=[model], needles=needles)
 
 
 def _point_shard_outside(sharded: Path, name_for: Callable[[Path], str]) -> Path:
@@ -259,42 +265,21 @@ def test_header_messages_name_the_tensor_and_what_was_expected(model, tmp_path, 
 def test_truncated_weights_are_refused(model, tmp_path, capsys):
     weights = model / "model.safetensors"
     os.truncate(weights, weights.stat().st_size - 100)
-    expect_clean_failure(
-        "apply: truncated weights",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=[str(weights), "truncated"],
-    )
+    apply_fails("apply: truncated weights", model, tmp_path, capsys, str(weights), "truncated")
 
 
 def test_trailing_bytes_are_refused(model, tmp_path, capsys):
     weights = model / "model.safetensors"
     with open(weights, "ab") as fh:
         fh.write(b"\0" * 16)
-    expect_clean_failure(
-        "apply: trailing bytes after tensors",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=[str(weights), "16 bytes"],
-    )
+    apply_fails("apply: trailing bytes after tensors", model, tmp_path, capsys, str(weights), "16 bytes")
 
 
 def test_dangling_weights_symlink_is_named(model, tmp_path, capsys):
     weights = model / "model.safetensors"
     weights.unlink()
     weights.symlink_to(tmp_path / "gone.safetensors")
-    expect_clean_failure(
-        "apply: dangling model.safetensors symlink",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=[str(weights), "dangling symlink"],
-    )
+    apply_fails("apply: dangling model.safetensors symlink", model, tmp_path, capsys, str(weights), "dangling symlink")
 
 
 def test_valid_headers_of_other_writers_still_load(model):
@@ -947,52 +932,24 @@ def test_neuron_set_save_is_atomic_and_cleans_stale_temporaries(tmp_path):
 
 def test_source_card_not_utf8(model, tmp_path, capsys):
     (model / "README.md").write_bytes(b"---\nlicense: x\n---\n\xff\xfe broken")
-    expect_clean_failure(
-        "apply: source README.md not UTF-8",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=["README.md", "UTF-8"],
-    )
+    apply_fails("apply: source README.md not UTF-8", model, tmp_path, capsys, "README.md", "UTF-8")
 
 
 def test_source_provenance_not_json(model, tmp_path, capsys):
     (model / "tnedit.json").write_text("{broken")
-    expect_clean_failure(
-        "apply: source tnedit.json not JSON",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=["tnedit.json", "not valid JSON"],
-    )
+    apply_fails("apply: source tnedit.json not JSON", model, tmp_path, capsys, "tnedit.json", "not valid JSON")
 
 
 def test_config_with_a_string_layer_count(model, tmp_path, capsys):
     config = json.loads((model / "config.json").read_text())
     config["num_hidden_layers"] = "4"
     (model / "config.json").write_text(json.dumps(config))
-    expect_clean_failure(
-        "apply: config.json layer count a string",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=["config.json", "layer count"],
-    )
+    apply_fails("apply: config.json layer count a string", model, tmp_path, capsys, "config.json", "layer count")
 
 
 def test_side_file_that_is_a_dangling_symlink(model, tmp_path, capsys):
     (model / "tokenizer.model").symlink_to(tmp_path / "missing-blob")
-    expect_clean_failure(
-        "apply: side file a dangling symlink",
-        ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[model],
-        needles=["tokenizer.model", "dangling symlink"],
-    )
+    apply_fails("apply: side file a dangling symlink", model, tmp_path, capsys, "tokenizer.model", "dangling symlink")
 
 
 def test_side_file_that_is_a_fifo(model, tmp_path, capsys):
