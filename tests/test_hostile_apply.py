@@ -83,6 +83,12 @@ def apply_fails(case: str, model: Path, tmp_path: Path, capsys: Any, *needles: s
                                 capsys, watch=[tmp_path], inputs=[model], needles=needles)
 
 
+def revert_fails(case: str, edited: Path, tmp_path: Path, capsys: Any, *needles: str) -> Outcome:
+    """``tnedit revert EDITED -o BACK`` must fail cleanly, EDITED untouched."""
+    return expect_clean_failure(case, ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"], capsys,
+                                watch=[tmp_path], inputs=[edited], needles=needles)
+
+
 def _point_shard_outside(sharded: Path, name_for: Callable[[Path], str]) -> Path:
     """Move the shard holding layer 0's down_proj next to the model and let the index name it."""
     index_path = sharded / INDEX
@@ -432,14 +438,7 @@ def test_revert_refuses_a_corrupted_revert_file(edited, tmp_path, capsys):
     data = bytearray(revert.read_bytes())
     data[info.begin + 5] ^= 0x40
     revert.write_bytes(bytes(data))
-    expect_clean_failure(
-        "revert: revert file corrupted",
-        ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[edited],
-        needles=[str(revert), "revert_sha256"],
-    )
+    revert_fails("revert: revert file corrupted", edited, tmp_path, capsys, str(revert), "revert_sha256")
 
 
 def _drop(*path: str):
@@ -490,14 +489,7 @@ def test_revert_refuses_malformed_provenance(case, mutate, needles, edited, tmp_
     prov = _provenance(edited)
     mutate(prov)
     _write_provenance(edited, prov)
-    expect_clean_failure(
-        f"revert: tnedit.json {case}",
-        ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[edited],
-        needles=["tnedit.json", *needles],
-    )
+    revert_fails(f"revert: tnedit.json {case}", edited, tmp_path, capsys, "tnedit.json", *needles)
 
 
 def test_revert_refuses_a_modified_edited_file(edited, tmp_path, capsys):
@@ -506,14 +498,7 @@ def test_revert_refuses_a_modified_edited_file(edited, tmp_path, capsys):
     data = bytearray(weights.read_bytes())
     data[info.begin + 1] ^= 0x01
     weights.write_bytes(bytes(data))
-    expect_clean_failure(
-        "revert: edited weight file modified",
-        ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[edited],
-        needles=[str(weights), "modified after apply"],
-    )
+    revert_fails("revert: edited weight file modified", edited, tmp_path, capsys, str(weights), "modified after apply")
 
 
 def test_revert_checks_restored_bytes_before_output_appears(edited, tmp_path, capsys):
@@ -521,14 +506,8 @@ def test_revert_checks_restored_bytes_before_output_appears(edited, tmp_path, ca
     prov = _provenance(edited)
     prov["weights"]["model.safetensors"]["source_sha256"] = "0" * 64
     _write_provenance(edited, prov)
-    expect_clean_failure(
-        "revert: restored bytes differ from source_sha256",
-        ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[edited],
-        needles=["source_sha256", "original bytes"],
-    )
+    revert_fails("revert: restored bytes differ from source_sha256", edited, tmp_path, capsys,
+                 "source_sha256", "original bytes")
 
 
 def _resave_revert(edited: Path, mutate: Callable[[dict[str, Any]], None]) -> None:
@@ -570,14 +549,7 @@ REVERT_FILE_CASES = [
 @pytest.mark.parametrize("case,mutate,needles", REVERT_FILE_CASES, ids=[c[0] for c in REVERT_FILE_CASES])
 def test_revert_refuses_a_malformed_revert_file(case, mutate, needles, edited, tmp_path, capsys):
     _resave_revert(edited, mutate)
-    expect_clean_failure(
-        f"revert: revert file {case}",
-        ["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"],
-        capsys,
-        watch=[tmp_path],
-        inputs=[edited],
-        needles=[REVERT_NAME, *needles],
-    )
+    revert_fails(f"revert: revert file {case}", edited, tmp_path, capsys, REVERT_NAME, *needles)
 
 
 def test_revert_of_tnedit_01_provenance_works_with_a_warning(model, edited, tmp_path, capsys):
