@@ -650,6 +650,7 @@ def logged_copy(src, *args, **kwargs):  # which weight files were started
     if src.name.endswith(".safetensors"):
         with open(os.environ["STARTED_LOG"], "a") as log:
             log.write(src.name + "\\n")
+        time.sleep(0.3)  # untouched files too: the signal must find files still queued, even on a busy machine
     return real_copy(src, *args, **kwargs)
 ck.copy_with_patches = ed.copy_with_patches = logged_copy
 """

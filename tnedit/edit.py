@@ -674,8 +674,10 @@ def _in_parallel(
     results: dict[str, Any] = {}
     with byte_bar(sum(sizes.values()), desc, progress) as advance:
         pool = ThreadPoolExecutor(max_workers=_file_workers(len(order)))
-        futures = [pool.submit(work, f) for f in order]
-        try:
+        futures: list[Any] = []
+        try:  # submitting is inside: a signal may arrive once the first worker already writes
+            for f in order:
+                futures.append(pool.submit(work, f))
             for future in as_completed(futures):
                 key, value = future.result()
                 results[key] = value
