@@ -64,7 +64,7 @@ from tnedit.neurons import (
     round_half_up,
 )
 from tnedit.neurons import parse_layers as neurons_parse_layers
-from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name, require_writable
+from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name, is_within, require_writable
 from tnedit.stats import eta2_summary, eta_squared_from_sums
 
 TYPE1_FRACTION = 0.625
@@ -814,12 +814,6 @@ def default_output_dir(model: str) -> Path:
     return Path("tnedit-identify") / (name or "model")
 
 
-def _inside(path: Path | str, root: Path | str) -> bool:
-    """Whether ``path`` is ``root`` or lies under it, symlinks resolved."""
-    p, r = Path(os.path.realpath(path)), Path(os.path.realpath(root))
-    return p == r or r in p.parents
-
-
 def _local_model_dir(model: str | os.PathLike[str] | None) -> Path | None:
     if model is None:
         return None
@@ -837,7 +831,7 @@ def check_output_directory(out: Path | str, model: str | os.PathLike[str] | None
     if out.exists() and not out.is_dir():
         raise InputError(f"{where} {out}: exists and is not a directory (expected an output directory)")
     source = _local_model_dir(model)
-    if source is not None and _inside(out, source):
+    if source is not None and is_within(out, source):
         raise InputError(f"{where} {out}: is inside the model directory {source}; tnedit never writes into its input, "
                          "choose another output directory")
     require_writable(out, where)
@@ -851,7 +845,7 @@ def check_output_json(
     path = Path(path)
     check_output_file(path, overwrite, inputs)
     source = _local_model_dir(model)
-    if source is not None and _inside(path, source):
+    if source is not None and is_within(path, source):
         raise InputError(f"{path}: is inside the model directory {source}; tnedit never writes into its input")
     require_writable(path, "-o", file=True)
 

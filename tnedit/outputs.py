@@ -51,8 +51,14 @@ def _resolved(path: Path | str) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
+def is_within(path: Path | str, root: Path | str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it, symlinks resolved."""
+    path_r, root_r = _resolved(path), _resolved(root)
+    return path_r == root_r or root_r in path_r.parents
+
+
 def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
+    return is_within(a, b) or is_within(b, a)
 
 
 def check_output_dir(
@@ -72,8 +78,7 @@ def check_output_dir(
     if source is not None and _overlaps(out_r, _resolved(source)):
         raise InputError(f"{out}: the output must not be the source directory {source}, inside it, or contain it")
     for item in inputs:
-        item_r = _resolved(item)
-        if out_r == item_r or out_r in item_r.parents:
+        if is_within(item, out_r):
             raise InputError(f"{out}: holds the input {item}; choose an output directory that holds no input")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
