@@ -171,7 +171,7 @@ def main() -> None:
     work.mkdir(parents=True)
     subprocess.run(["cat", *map(str, src.glob("*"))], stdout=subprocess.DEVNULL, check=True)  # warm the cache
 
-    baseline = timed([sys.executable, "-c", "import tnedit.commands.apply, tnedit.edit, safetensors.numpy, tqdm"])
+    baseline = timed([sys.executable, "-c", "import tnedit.cli.apply, tnedit.edit, safetensors.numpy, tqdm"])
     cores = available_cores()
     shards = sorted(map(str, src.glob("*.safetensors")))
     ratios, hash_ratios, rss = [], [], []

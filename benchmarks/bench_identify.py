@@ -70,7 +70,7 @@ def build_random_llama(args, device, dtype):
 
     from tests.tiny import make_tokenizer
     from tnedit.architectures import get_architecture
-    from tnedit.capture import LoadedModel
+    from tnedit.model.loading import LoadedModel
 
     cfg = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -119,7 +119,7 @@ def load_pairs(args):
 def plain_passes(lm, texts_list, batch_size, device) -> float:
     import torch
 
-    from tnedit.capture import encode_batches
+    from tnedit.model.batching import encode_batches
 
     base = lm.base_model()
     sync(device)
@@ -136,7 +136,8 @@ def reference_loop(lm, en, l2, centroids, device) -> tuple[float, float]:
     """Seconds per sentence: (bs-1 centroid forward, bs-1 forward + materialised scores)."""
     import torch
 
-    from tnedit.capture import LastTokenCapture, encode_batches
+    from tnedit.model.batching import encode_batches
+    from tnedit.model.capture import LastTokenCapture
 
     layers = list(range(lm.num_layers))
     cents = {layer: torch.as_tensor(centroids[layer], device=lm.out_proj(layer).weight.device).float()
@@ -177,7 +178,7 @@ def main() -> None:
     import torch
 
     from tnedit import identify as lib
-    from tnedit.capture import load_model, parse_dtype, pick_device
+    from tnedit.model.loading import load_model, parse_dtype, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

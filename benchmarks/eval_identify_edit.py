@@ -44,9 +44,10 @@ def main() -> None:
     import numpy as np
 
     from tnedit import identify as lib
-    from tnedit.capture import last_token_states, load_model
+    from tnedit.model.capture import last_token_states
+    from tnedit.model.loading import load_model
     from tnedit.corpus import load_corpus
-    from tnedit.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons
 
     lm = load_model(args.model, device="cpu")
     corpus = load_corpus(args.data, ["en", args.lang])

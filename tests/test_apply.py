@@ -17,7 +17,7 @@ from tests.hostile import run_cli as hostile_run_cli
 from tests.tiny import TINY_TYPES, load_tiny, make_tiny
 from tnedit.architectures import decoder_layers, get_architecture, neuron_axis, resolve_module
 from tnedit.edit import RuntimeEdit, apply_to_model, make_edit_spec
-from tnedit.neurons import Neuron
+from tnedit.formats.neurons import Neuron
 
 NEURONS = "0:3,0:17,1:5,2:63,3:0"
 NEURON_LIST = [(0, 3), (0, 17), (1, 5), (2, 63), (3, 0)]
@@ -234,7 +234,7 @@ def test_model_card_and_provenance(tmp_path, capsys):
     (src / "README.md").write_text("---\nlicense: llama3\nlanguage: [en, ja]\n---\n# Base\nThe base card body.\n")
     out = tmp_path / "edited"
     assert run_cli(["apply", str(src), "--neurons", NEURONS, "-o", str(out)], capsys)[0] == 0
-    from tnedit.card import read_front_matter
+    from tnedit.formats.card import read_front_matter
 
     card = (out / "README.md").read_text()
     meta = read_front_matter(card)
@@ -295,7 +295,7 @@ def test_plain_list_csv_json_and_per_neuron_factor(tmp_path, capsys):
 
 
 def test_top_k_and_layers_filter(tmp_path, capsys):
-    from tnedit.neurons import Method, ModelInfo, NeuronSet
+    from tnedit.formats.neurons import Method, ModelInfo, NeuronSet
 
     src = make_tiny("llama", tmp_path)
     from tnedit.checkpoint import open_checkpoint
@@ -340,7 +340,7 @@ def test_interrupted_apply_leaves_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_inspect(tmp_path, capsys):
-    from tnedit.neurons import Method, NeuronSet
+    from tnedit.formats.neurons import Method, NeuronSet
 
     ns = NeuronSet(
         [Neuron(2, 1, 0.9), Neuron(0, 2, 0.8), Neuron(2, 3, 0.7)],
@@ -456,7 +456,7 @@ def test_error_neuron_out_of_range_or_malformed(neurons, needle, tmp_path, capsy
 
 
 def test_error_fingerprint_mismatch_and_force(tmp_path, capsys, tiny):
-    from tnedit.neurons import Method, ModelInfo, NeuronSet
+    from tnedit.formats.neurons import Method, ModelInfo, NeuronSet
 
     other = ModelInfo("other/model", "llama", 4, 64, "sha256:0000")
     path = NeuronSet([Neuron(1, 2)], other, Method(kind="transfer")).save(tmp_path / "n.json")
@@ -568,7 +568,7 @@ def test_sha256_files_match_hashlib_and_report_progress(tmp_path):
 
 def test_inline_neuron_list_longer_than_a_file_name(tmp_path):
     """A list of hundreds of neurons is no valid file name (ENAMETOOLONG); it must still parse as a list."""
-    from tnedit.neurons import read_neuron_argument
+    from tnedit.formats.neurons import read_neuron_argument
 
     pairs = [(layer, index) for layer in range(30) for index in range(0, 600, 7)]
     text = ",".join(f"{layer}:{index}" for layer, index in pairs)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.hostile import expect_clean_failure, run_cli
 from tnedit import cli
-from tnedit.outputs import atomic_directory
+from tnedit.formats.outputs import atomic_directory
 
 
 def _verb(body):

@@ -205,7 +205,7 @@ SMALL = dict(n_pairs=16, n_qa=2, qa_shots=1, n_gen=2, n_langid=3, max_new_tokens
 
 
 def _neurons():
-    from tnedit.neurons import Method, Neuron, NeuronSet
+    from tnedit.formats.neurons import Method, Neuron, NeuronSet
 
     picks = [(1, 3), (1, 17), (1, 40), (2, 5), (2, 9), (0, 60), (2, 33), (1, 8)]
     return NeuronSet([Neuron(a, b, score=1.0 - i / 10) for i, (a, b) in enumerate(picks)],
@@ -342,7 +342,7 @@ def test_last_position_hook_leaves_perplexity(tiny):
 
 def test_layers_filter_equals_a_set_of_those_layers(tiny, tmp_path):
     from tnedit.evaluate import evaluate
-    from tnedit.neurons import NeuronSet
+    from tnedit.formats.neurons import NeuronSet
 
     _, model, neurons = tiny
     only = _neurons()
@@ -536,7 +536,7 @@ def test_cli_forced_run_with_card(tiny, baked, tmp_path, capsys):
 def test_evaluate_after_apply(tiny, baked, tmp_path):
     import shutil
 
-    from tnedit.commands.evaluate import evaluate_after_apply
+    from tnedit.cli.evaluate import evaluate_after_apply
 
     _, model, _ = tiny
     edited = tmp_path / "fresh"

@@ -26,7 +26,7 @@ import pytest
 from tests.hostile import Outcome, compare_snapshots, expect_clean_failure, run_cli, snapshot
 from tests.tiny import load_tiny, make_tiny
 from tnedit.checkpoint import REVERT_NAME, open_checkpoint, read_header
-from tnedit.neurons import Method, ModelInfo, Neuron, NeuronSet
+from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "model.safetensors.index.json"
@@ -709,12 +709,12 @@ def test_a_second_signal_does_not_cut_the_wait_for_workers_short():
 
 def test_interrupt_after_provenance_names_no_output(model, tmp_path, capsys, monkeypatch):
     """Files written inside the temporary directory are not outputs: the interrupt says nothing was written."""
-    import tnedit.card
+    import tnedit.formats.card
 
     def interrupted(*_args: Any) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tnedit.card, "render_card", interrupted)
+    monkeypatch.setattr(tnedit.formats.card, "render_card", interrupted)
     expect_clean_failure(
         "apply: Ctrl-C while writing the card",
         ["apply", str(model), "--neurons", "0:1", "-o", str(tmp_path / "out"), "--quiet"],
@@ -883,7 +883,7 @@ def test_mistyped_neurons_file(case, obj, needles, model, tmp_path, capsys):
 
 def test_neuron_format_error_is_a_tnedit_error_and_a_value_error():
     from tnedit.errors import InputError, NeuronSetError
-    from tnedit.neurons import NeuronFormatError, parse_neuron_list
+    from tnedit.formats.neurons import NeuronFormatError, parse_neuron_list
 
     assert issubclass(NeuronFormatError, NeuronSetError) and issubclass(NeuronFormatError, InputError)
     with pytest.raises(ValueError):
@@ -988,11 +988,11 @@ def test_top_k_counts_within_layers(model, tmp_path, capsys):
 
 
 def test_progress_bar_prints_its_final_line_once(sharded, tmp_path, capsys, monkeypatch):
-    import tnedit.progress
+    import tnedit.reporting
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)  # --quiet in earlier tests set it for the process
     # Draw on every update, as a slow apply does (tqdm's adaptive miniters would skip some).
-    monkeypatch.setattr(tnedit.progress, "BAR_OPTIONS", {"mininterval": 0, "miniters": 1})
+    monkeypatch.setattr(tnedit.reporting, "BAR_OPTIONS", {"mininterval": 0, "miniters": 1})
     code, _, err = run_cli(["apply", str(sharded), "--neurons", ALL_LAYERS, "-o", str(tmp_path / "out")], capsys)
     assert code == 0, err
     assert err.count("apply: 100%") == 1, err.replace("\r", "\n")

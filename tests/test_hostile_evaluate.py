@@ -28,7 +28,7 @@ QUICK = ["--n-pairs", "8", "--n-qa", "0", "--n-gen", "0", "--n-langid", "0", "--
 
 
 def _neuron_set(model_info=None):
-    from tnedit.neurons import Method, Neuron, NeuronSet
+    from tnedit.formats.neurons import Method, Neuron, NeuronSet
 
     picks = [(1, 3), (2, 5), (1, 17), (2, 9), (0, 60), (2, 33), (1, 8)]
     return NeuronSet([Neuron(a, b, score=1.0 - i / 10) for i, (a, b) in enumerate(picks)],
@@ -37,7 +37,7 @@ def _neuron_set(model_info=None):
 
 def _model_info(path: Path):
     from tnedit.checkpoint import open_checkpoint
-    from tnedit.neurons import ModelInfo
+    from tnedit.formats.neurons import ModelInfo
 
     ckpt = open_checkpoint(path)
     return ModelInfo(str(path), ckpt.model_type, ckpt.num_layers, ckpt.intermediate_size, ckpt.fingerprint())
@@ -237,7 +237,7 @@ def test_legacy_fingerprints_warn_and_mismatches_can_be_forced(world):
     """A tnedit 0.1 shape-only fingerprint matches with a warning; --force turns a mismatch into one."""
     from tnedit.checkpoint import open_checkpoint
     from tnedit.evaluate import EvaluateSettings
-    from tnedit.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons
 
     legacy = open_checkpoint(world.model).legacy_fingerprint()
     assert legacy != open_checkpoint(world.model).fingerprint()
@@ -277,7 +277,7 @@ def hook_report(built):
 
 def test_inline_neuron_list_equals_the_file(built, hook_report):
     from tnedit.evaluate import EvaluateSettings, evaluate
-    from tnedit.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons
 
     inline = ",".join(f"{n.layer}:{n.index}" for n in load_neurons(built / "neurons.json").neurons)
     data = evaluate(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=inline, **SMALL)).data
@@ -291,7 +291,7 @@ def test_inline_neuron_list_equals_the_file(built, hook_report):
 def test_top_k_counts_within_layers(built):
     """--top-k K --layers L edits the first K neurons of the set that lie in L, and the control draws from L."""
     from tnedit.evaluate import EvaluateSettings, evaluate
-    from tnedit.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons
 
     order = load_neurons(built / "neurons.json").neurons
     expected = [(n.layer, n.index) for n in order if n.layer == 2][:2]

@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from tests.hostile import compare_snapshots, expect_clean_failure, run_cli, snapshot
 from tests.test_identify import EN, JA, KO
 from tests.tiny import make_tiny
-from tnedit import capture
+from tnedit.model import batching, loading
 from tnedit import identify as lib
 from tnedit.architectures import architecture_for_config
-from tnedit.neurons import load_neurons
+from tnedit.formats.neurons import load_neurons
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,7 +70,7 @@ def made(models, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("hostile-identify-made")
     data = _write_tsv(root / "en-ja.tsv", {"en": EN, "ja": JA})
     out = root / "identified"
-    lm = capture.load_model(str(models.llama), device="cpu")
+    lm = loading.load_model(str(models.llama), device="cpu")
     lib.identify(lib.IdentifySettings(model=str(models.llama), langs=["ja"], data=str(data), type="both", k=10,
                                       batch_size=4, quiet=True, output=out), lm=lm)
     return SimpleNamespace(root=root, data=data, scores=out / "scores-ja.safetensors",
@@ -502,10 +502,10 @@ def test_truncation_is_the_tokenizers_own(models):
 
     tok = AutoTokenizer.from_pretrained(models.gpt2)
     texts = [f"{e} {e}" for e in EN]
-    enc = capture.encode_texts(tok, texts, 9)
+    enc = batching.encode_texts(tok, texts, 9)
     assert enc.ids == [tok(t, truncation=True, max_length=9)["input_ids"] for t in texts]
     assert enc.truncated == [n > 9 for n in _lengths(tok, texts)] and enc.n_truncated == sum(enc.truncated)
-    whole = capture.encode_texts(tok, texts, None)
+    whole = batching.encode_texts(tok, texts, None)
     assert whole.ids == [tok(t)["input_ids"] for t in texts] and whole.n_truncated == 0
 
 
@@ -514,15 +514,15 @@ def test_context_length_keys_and_cap():
         config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "intermediate_size": 16, **cfg}
         return SimpleNamespace(config=config, arch=architecture_for_config(config))
 
-    assert capture.resolve_max_length(lm(max_position_embeddings=2048), None) == 2048
-    assert capture.resolve_max_length(lm(n_positions=1024), None) == 1024
-    assert capture.resolve_max_length(lm(n_ctx=512), None) == 512
-    assert capture.resolve_max_length(lm(seq_length=300), None) == 300
-    assert capture.resolve_max_length(lm(max_position_embeddings=131072), None) == capture.MAX_LENGTH_CAP
-    assert capture.resolve_max_length(lm(), None) == capture.MAX_LENGTH_CAP  # ALiBi models name no context
-    assert capture.resolve_max_length(lm(max_position_embeddings=131072), 8192) == 8192  # explicit may pass the cap
+    assert loading.resolve_max_length(lm(max_position_embeddings=2048), None) == 2048
+    assert loading.resolve_max_length(lm(n_positions=1024), None) == 1024
+    assert loading.resolve_max_length(lm(n_ctx=512), None) == 512
+    assert loading.resolve_max_length(lm(seq_length=300), None) == 300
+    assert loading.resolve_max_length(lm(max_position_embeddings=131072), None) == loading.MAX_LENGTH_CAP
+    assert loading.resolve_max_length(lm(), None) == loading.MAX_LENGTH_CAP  # ALiBi models name no context
+    assert loading.resolve_max_length(lm(max_position_embeddings=131072), 8192) == 8192  # explicit may pass the cap
     with pytest.raises(lib.InputError, match=r"--max-length 1025: exceeds .* 1024 tokens \(n_positions"):
-        capture.resolve_max_length(lm(n_positions=1024), 1025)
+        loading.resolve_max_length(lm(n_positions=1024), 1025)
 
 
 # --- signals ----------------------------------------------------------------------------------------

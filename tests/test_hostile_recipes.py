@@ -302,7 +302,7 @@ TOKEN = "hf_hostile_SECRET_token"
 @pytest.fixture(scope="module")
 def edited_checkpoint(tiny_model, tmp_path_factory) -> Path:
     from tnedit.edit import apply_to_checkpoint, make_edit_spec
-    from tnedit.neurons import Neuron
+    from tnedit.formats.neurons import Neuron
 
     out = tmp_path_factory.mktemp("hostile-push") / "edited"
     apply_to_checkpoint(str(tiny_model), make_edit_spec([Neuron(0, 1)]), out, progress=False)

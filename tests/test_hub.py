@@ -27,7 +27,7 @@ import yaml
 
 from tests.hostile import run_cli
 from tests.tiny import make_tiny
-from tnedit.card import read_front_matter
+from tnedit.formats.card import read_front_matter
 from tnedit.errors import CheckpointError, HubError, InputError
 from tnedit.hub import PushSettings, git_blob_sha1, push_checkpoint
 
@@ -342,7 +342,7 @@ ROUTES = [
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny llama with a licensed source card, and its edit (neuron 0:1 zeroed), built once."""
     from tnedit.edit import apply_to_checkpoint, make_edit_spec
-    from tnedit.neurons import Neuron
+    from tnedit.formats.neurons import Neuron
 
     root = tmp_path_factory.mktemp("hub")
     src = make_tiny("llama", root)

@@ -13,9 +13,10 @@ from tests.tiny import TINY_TYPES, make_tiny
 from tnedit import identify as lib
 from tnedit import lape, stats
 from tnedit.architectures import decoder_layers, resolve_module
-from tnedit.capture import last_token_states, load_model
+from tnedit.model.capture import last_token_states
+from tnedit.model.loading import load_model
 from tnedit.errors import InputError, TneditError
-from tnedit.neurons import Method, Neuron, NeuronSet, load_neurons
+from tnedit.formats.neurons import Method, Neuron, NeuronSet, load_neurons
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -183,7 +184,8 @@ def test_scores_equal_brute_force(models, name):
 @pytest.mark.parametrize("name", list(TINY_TYPES))
 def test_every_registry_type_scores_exactly(models, name):
     """For every registry type: h = R + Σ_i a_i (s ⊙ v_i) + bias (the score's premise), and identify runs."""
-    from tnedit.capture import LastTokenCapture, encode_batches
+    from tnedit.model.batching import encode_batches
+    from tnedit.model.capture import LastTokenCapture
 
     _, lm = models(name)
     batch = next(encode_batches(lm.tokenizer, JA[:5], 5))
@@ -211,7 +213,8 @@ def test_every_registry_type_scores_exactly(models, name):
 
 def test_half_precision_scores(tmp_path, monkeypatch):
     """bf16 weights: the score still equals the fp64 brute force on the same captured states."""
-    from tnedit.capture import LastTokenCapture, encode_batches
+    from tnedit.model.batching import encode_batches
+    from tnedit.model.capture import LastTokenCapture
 
     lm = load_model(str(make_tiny("gemma3_text", tmp_path, dtype="bfloat16")), device="cpu")
     assert lm.dtype == torch.bfloat16

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tnedit.errors import InputError
-from tnedit.outputs import (
+from tnedit.formats.outputs import (
     COMPLETED,
     atomic_directory,
     atomic_file,

@@ -31,8 +31,8 @@ from tnedit.architectures import (
     out_proj_key,
 )
 from tnedit.errors import CheckpointError, TneditError, UnsupportedArchitectureError
-from tnedit.neurons import LEGACY_FINGERPRINT_PREFIX, fingerprint
-from tnedit.outputs import atomic_directory, check_output_dir, contained_name, write_json  # noqa: F401  (re-exported)
+from tnedit.formats.neurons import LEGACY_FINGERPRINT_PREFIX, fingerprint
+from tnedit.formats.outputs import atomic_directory, check_output_dir, contained_name, write_json  # noqa: F401  (re-exported)
 
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "tnedit.json"

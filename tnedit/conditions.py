@@ -130,7 +130,9 @@ def forward(
     import torch
     from tqdm.auto import tqdm
 
-    from tnedit.capture import LastTokenCapture, encode_batches, resolve_max_length
+    from tnedit.model.batching import encode_batches
+    from tnedit.model.capture import LastTokenCapture
+    from tnedit.model.loading import resolve_max_length
 
     max_length = resolve_max_length(lm, None)  # a sentence past the context would index past the positions
     with LastTokenCapture(lm, ["h"]) as cap, _head_on_real_positions(lm) as head, torch.inference_mode():
@@ -230,7 +232,7 @@ def generate(
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    from tnedit.capture import resolve_max_length
+    from tnedit.model.loading import resolve_max_length
     from tnedit.errors import InputError
 
     if not prompts or max_new_tokens == 0:

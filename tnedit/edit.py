@@ -48,8 +48,8 @@ from tnedit.checkpoint import (
     writing,
 )
 from tnedit.errors import CheckpointError, InputError, NonFiniteEditError, TneditWarning
-from tnedit.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
-from tnedit.progress import byte_bar
+from tnedit.formats.neurons import Neuron, NeuronFormatError, NeuronSet, merge_duplicates, parse_factor
+from tnedit.reporting import NullReporter, TqdmReporter
 
 Op = Literal["zero", "scale"]
 Positions = Literal["all", "last", "prompt"]
@@ -542,7 +542,7 @@ def apply_to_checkpoint(
     original slices (for :func:`revert_checkpoint`) and a model card; ``out`` appears only complete.
     ``out`` may neither overlap the source nor hold ``inputs`` or the neurons file.
     """
-    from tnedit.card import render_card
+    from tnedit.formats.card import render_card
 
     out = Path(out)
     warn = _warner(warn)
@@ -672,7 +672,8 @@ def _in_parallel(
 
     order = sorted(sizes, key=lambda f: -sizes[f])  # largest first balances the workers
     results: dict[str, Any] = {}
-    with byte_bar(sum(sizes.values()), desc, progress) as advance:
+    with (TqdmReporter() if progress else NullReporter()).progress(sum(sizes.values()), desc, unit="B") as bar:
+        advance = bar.update
         pool = ThreadPoolExecutor(max_workers=_file_workers(len(order)))
         futures: list[Any] = []
         try:  # submitting is inside: a signal may arrive once the first worker already writes
@@ -790,7 +791,7 @@ def _provenance(
 
 
 def _card_license(card: str | None) -> str | None:
-    from tnedit.card import read_front_matter
+    from tnedit.formats.card import read_front_matter
 
     if card is None:
         return None

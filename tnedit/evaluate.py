@@ -38,8 +38,8 @@ from tnedit import report as R
 from tnedit.checkpoint import PROVENANCE_NAME, atomic_directory, read_config, resolve_source, write_json
 from tnedit.conditions import Accumulator, Condition, forward, run_generation
 from tnedit.errors import CheckpointError, InputError
-from tnedit.neurons import Neuron, NeuronSet, format_layers, parse_layers, read_neuron_argument
-from tnedit.outputs import check_output_dir, require_writable
+from tnedit.formats.neurons import Neuron, NeuronSet, format_layers, parse_layers, read_neuron_argument
+from tnedit.formats.outputs import check_output_dir, require_writable
 
 REPORT_FORMAT = R.REPORT_FORMAT
 validate_report = R.validate_report
@@ -545,7 +545,7 @@ def evaluate(settings: EvaluateSettings, warn: Callable[[str], None] | None = No
     EDITED_DIR: the original (and the control, a hook on it) first, then the edited model, loaded
     after the original is freed; KL uses the original's cached top-``kl_top_k`` log-probs.
     """
-    from tnedit.capture import load_model
+    from tnedit.model.loading import load_model
 
     t_start = time.perf_counter()
     warnings: list[str] = []
@@ -718,7 +718,7 @@ def update_card(report: EvaluationReport | dict[str, Any], card_dir: str | Path,
 
     ``card_dir`` must be a checkpoint written by ``tnedit apply`` (see :func:`check_card_dir`).
     """
-    from tnedit.card import update_card_section
+    from tnedit.formats.card import update_card_section
     from tnedit.checkpoint import CARD_NAME
 
     data = report.data if isinstance(report, EvaluationReport) else report

@@ -20,7 +20,7 @@ from typing import Any
 
 from tnedit.checkpoint import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, read_header, require_directory, sha256_files
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
-from tnedit.outputs import contained_name
+from tnedit.formats.outputs import contained_name
 
 Log = Callable[[str], None]
 
@@ -212,7 +212,7 @@ def _repair_card(text: str, provenance: dict[str, Any], expected: dict[str, Any]
     """Add the missing Hub metadata to ``text``'s front matter; keep every key the author set."""
     import yaml
 
-    from tnedit.card import read_front_matter, strip_front_matter
+    from tnedit.formats.card import read_front_matter, strip_front_matter
 
     meta = dict(read_front_matter(text))
     for key in ("base_model", "library_name"):
@@ -238,7 +238,7 @@ def prepare_card(path: Path, provenance: dict[str, Any]) -> tuple[bytes, str, li
     A missing card is rendered again from ``tnedit.json`` (and the base card kept in the revert file);
     a card whose front matter lacks required Hub metadata gets it added. The directory is not written.
     """
-    from tnedit.card import read_front_matter, render_card
+    from tnedit.formats.card import read_front_matter, render_card
 
     try:
         expected_text = render_card(provenance, _source_card(path))
@@ -269,7 +269,7 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     Every weight file named in ``tnedit.json`` must exist with the recorded SHA-256, and no other
     ``.safetensors`` file (besides the revert file) may sit beside them.
     """
-    from tnedit.progress import byte_bar
+    from tnedit.reporting import NullReporter, TqdmReporter
 
     path, prov = check_push_dir(path)
     weights: dict[str, dict[str, Any]] = prov["weights"]
@@ -287,8 +287,8 @@ def prepare_dir(path: str | Path, *, progress: bool = True) -> PreparedDir:
     if REVERT_NAME not in files:
         notes.append(f"{REVERT_NAME} is missing: the pushed checkpoint cannot be reverted with `tnedit revert`")
     total = sum((path / f).stat().st_size for f in files)
-    with byte_bar(total, "checksum", progress) as advance:
-        sha256 = dict(zip(files, sha256_files([path / f for f in files], advance), strict=True))
+    with (TqdmReporter() if progress else NullReporter()).progress(total, "checksum", unit="B") as bar:
+        sha256 = dict(zip(files, sha256_files([path / f for f in files], bar.update), strict=True))
     problem = weights_problem(path, prov, digests=sha256)
     if problem:
         raise CheckpointError(f"{problem}, refusing to upload")

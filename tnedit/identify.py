@@ -17,7 +17,7 @@ Scores are computed for every layer (it costs one extra last-token product per l
 ``select`` can re-rank any layers later without a forward pass. All statistics are running fp64
 sums: memory is O(layers × intermediate) whatever the number of sentences.
 
-The library knows no command line; :mod:`tnedit.commands.identify` is the thin CLI shell.
+The library knows no command line; :mod:`tnedit.cli.identify` is the thin CLI shell.
 """
 
 from __future__ import annotations
@@ -39,21 +39,12 @@ import numpy as np
 import torch
 
 from tnedit import __version__
-from tnedit.capture import (
-    LastTokenCapture,
-    LastTokenStates,
-    LoadedModel,
-    dtype_name,
-    encode_batches,
-    encode_texts,
-    load_model,
-    num_batches,
-    progress_bar,
-    resolve_max_length,
-    stat_device,
-)
+from tnedit.model.batching import encode_batches, encode_texts, num_batches
+from tnedit.model.capture import LastTokenCapture, LastTokenStates
+from tnedit.model.loading import LoadedModel, dtype_name, load_model, resolve_max_length, stat_device
+from tnedit.reporting import NullReporter, TqdmReporter
 from tnedit.errors import CorpusError, InputError, NeuronSetError, TneditWarning
-from tnedit.neurons import (
+from tnedit.formats.neurons import (
     Method,
     ModelInfo,
     Neuron,
@@ -63,8 +54,8 @@ from tnedit.neurons import (
     load_neurons,
     round_half_up,
 )
-from tnedit.neurons import parse_layers as neurons_parse_layers
-from tnedit.outputs import COMPLETED, atomic_file, check_output_file, contained_name, is_within, require_writable
+from tnedit.formats.neurons import parse_layers as neurons_parse_layers
+from tnedit.formats.outputs import COMPLETED, atomic_file, check_output_file, contained_name, is_within, require_writable
 from tnedit.stats import eta2_summary, eta_squared_from_sums
 
 TYPE1_FRACTION = 0.625
@@ -224,7 +215,7 @@ def default_layers(neuron_type: int, num_layers: int) -> list[int]:
 
 
 def parse_layers(spec: str | Sequence[int] | None, num_layers: int, where: str = "--layers") -> list[int] | None:
-    """:func:`tnedit.neurons.parse_layers`, raising :class:`InputError` for the identify API."""
+    """:func:`tnedit.formats.neurons.parse_layers`, raising :class:`InputError` for the identify API."""
     try:
         return neurons_parse_layers(spec, num_layers, where)
     except NeuronFormatError as exc:
@@ -621,7 +612,7 @@ class _Runner:
             ck.restore(p)
             start = ck.batches_done
         total = num_batches(len(p.texts), self.batch_size)
-        bar = progress_bar(total, p.name, self.quiet, initial=start)
+        bar = (NullReporter() if self.quiet else TqdmReporter()).bar(total, p.name, initial=start)
         try:
             batches = encode_batches(self.lm.tokenizer, encoded, self.batch_size, self.lm.device)
             with LastTokenCapture(self.lm, p.want, p.layers) as cap:
@@ -860,7 +851,7 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def save_neuron_set(ns: NeuronSet, path: str | os.PathLike[str]) -> Path:
-    """:meth:`NeuronSet.save` (atomic, via :mod:`tnedit.outputs`) with a write error that names ``path``."""
+    """:meth:`NeuronSet.save` (atomic, via :mod:`tnedit.formats.outputs`) with a write error that names ``path``."""
     path = Path(path)
     with _writing(path):
         ns.save(path)
@@ -868,7 +859,7 @@ def save_neuron_set(ns: NeuronSet, path: str | os.PathLike[str]) -> Path:
 
 
 def read_neurons(path: str | os.PathLike[str], where: str) -> NeuronSet:
-    """:func:`tnedit.neurons.load_neurons` with errors that say which option the file came from."""
+    """:func:`tnedit.formats.neurons.load_neurons` with errors that say which option the file came from."""
     try:
         return load_neurons(path)
     except NeuronFormatError as exc:

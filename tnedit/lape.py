@@ -19,17 +19,9 @@ import numpy as np
 import torch
 
 from tnedit import __version__
-from tnedit.capture import (
-    LoadedModel,
-    dtype_name,
-    encode_batches,
-    encode_texts,
-    load_model,
-    num_batches,
-    progress_bar,
-    resolve_max_length,
-    stat_device,
-)
+from tnedit.model.batching import encode_batches, encode_texts, num_batches
+from tnedit.model.loading import LoadedModel, dtype_name, load_model, resolve_max_length, stat_device
+from tnedit.reporting import NullReporter, TqdmReporter
 from tnedit.errors import CorpusError, InputError
 from tnedit.identify import (
     IdentifyWarning,
@@ -39,7 +31,7 @@ from tnedit.identify import (
     parse_layers,
     save_neuron_set,
 )
-from tnedit.neurons import Method, Neuron, NeuronSet
+from tnedit.formats.neurons import Method, Neuron, NeuronSet
 
 
 class _ActCounter:
@@ -120,7 +112,7 @@ def activation_probabilities(
         counts.truncated[lang] = encoded.n_truncated
         counter = _ActCounter(lm, layers)
         n_tok = 0
-        bar = progress_bar(num_batches(len(rows), batch_size), f"{lang}:lape", quiet)
+        bar = (NullReporter() if quiet else TqdmReporter()).bar(num_batches(len(rows), batch_size), f"{lang}:lape")
         with counter, torch.inference_mode():
             for batch in encode_batches(lm.tokenizer, encoded, batch_size, lm.device):
                 valid = batch.attention_mask.bool()

@@ -33,7 +33,7 @@ import yaml
 
 from tnedit.checkpoint import is_hub_id
 from tnedit.errors import InputError, RecipeError
-from tnedit.outputs import atomic_directory, check_output_dir, contained_name, write_json
+from tnedit.formats.outputs import atomic_directory, check_output_dir, contained_name, write_json
 
 STAMPS = ".tnedit-steps"
 BUILTIN = "builtin"
@@ -706,7 +706,7 @@ class RecipeRunner:
 
     def _apply(self, edit: EditStep, directory: Path) -> dict[str, Any]:
         from tnedit.edit import apply_to_checkpoint, make_edit_spec
-        from tnedit.neurons import load_neurons, parse_layers
+        from tnedit.formats.neurons import load_neurons, parse_layers
 
         source = self._neuron_file(edit)
         ns = load_neurons(source)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tnedit.neurons import Neuron
+from tnedit.formats.neurons import Neuron
 
 ETA2_THRESHOLD = 0.1
 P_THRESHOLD = 0.05

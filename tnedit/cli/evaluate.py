@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tnedit.commands.common import emit, json_option, quiet_option, warn
+from tnedit.cli.options import emit, json_option, quiet_option, warn
 
 
 @click.command(context_settings={"show_default": True})

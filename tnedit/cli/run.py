@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tnedit.commands.common import emit, json_option, quiet_option, warn
+from tnedit.cli.options import emit, json_option, quiet_option, warn
 
 
 def _summary_table(headline: list[dict]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tnedit.commands.common import emit, json_option, quiet_option, warn
+from tnedit.cli.options import emit, json_option, quiet_option, warn
 
 
 def _progress(message: str) -> None:

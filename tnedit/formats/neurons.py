@@ -1,6 +1,6 @@
 """The neuron-set file format (``tnedit.neurons/1``) and the plain neuron lists apply accepts.
 
-Nearly a leaf: it imports only ``tnedit.errors`` and ``tnedit.outputs`` (standard library only), so
+Nearly a leaf: it imports only ``tnedit.errors`` and ``tnedit.formats.outputs`` (standard library only), so
 files can be read and validated without torch or numpy.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tnedit.errors import NeuronSetError
-from tnedit.outputs import write_text
+from tnedit.formats.outputs import write_text
 
 FORMAT = "tnedit.neurons/1"
 FLOAT32_MAX = 3.4028234663852886e38  # factors are applied in float32: a larger one is already inf

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from tnedit.commands.common import command_line, emit, json_option, quiet_option, warn
+from tnedit.cli.options import command_line, emit, json_option, quiet_option, warn
 
 
 def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -> (NeuronSet, label)
     """The neuron set from NEURONS_FILE or from --neurons (a neurons file or an inline list)."""
     from tnedit.errors import InputError
-    from tnedit.neurons import load_neurons, read_neuron_argument
+    from tnedit.formats.neurons import load_neurons, read_neuron_argument
 
     if bool(neurons_file) == bool(neurons_text):
         raise InputError('give the neurons either as NEURONS_FILE or as --neurons FILE|"L:I,..." (exactly one)')
@@ -75,7 +75,7 @@ def apply(
       tnedit apply ./my-model --neurons "3:17,3:99,12:5" --op scale --factor 0.5 -o edited
     """
     from tnedit.edit import apply_to_checkpoint, make_edit_spec
-    from tnedit.neurons import parse_layers
+    from tnedit.formats.neurons import parse_layers
 
     neuron_set, where = _load_neuron_input(neurons_file, neurons_text)
     layer_list = parse_layers(layers, neuron_set.model.num_layers if neuron_set.model else None) if layers else None
@@ -107,11 +107,11 @@ def apply(
         "weights": result.provenance["weights"],
     }
     if evaluate_lang:
-        from tnedit.commands.evaluate import evaluate_after_apply
+        from tnedit.cli.evaluate import evaluate_after_apply
 
         summary["evaluation"] = evaluate_after_apply(model, result.out, evaluate_lang, quiet=quiet)
     if push_repo:
-        from tnedit.commands.push import push_after_apply
+        from tnedit.cli.push import push_after_apply
 
         summary["push"] = push_after_apply(result.out, push_repo, quiet=quiet)
     emit(summary, as_json, f"wrote {result.out}: {spec.describe()} in {len(summary['per_layer'])} layer(s)")
@@ -144,7 +144,7 @@ def inspect(neurons_file, top, quiet, as_json):
     """Show a neuron set: model, method, per-layer counts and the top neurons."""
     from dataclasses import asdict
 
-    from tnedit.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons
 
     ns = load_neurons(neurons_file)
     counts = ns.per_layer_counts()

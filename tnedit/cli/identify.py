@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tnedit.commands.common import emit, json_option, quiet_option, warn
+from tnedit.cli.options import emit, json_option, quiet_option, warn
 
 
 def _per_layer_text(counts: dict[int, int]) -> str:
@@ -107,7 +107,7 @@ def identify(ctx: click.Context, model: str, lang: tuple[str, ...], langs: tuple
         checkpoint_every=checkpoint_every, resume=resume, quiet=quiet, seed=seed, output=out_dir,
         revision=revision, warn=warn,
     )
-    from tnedit.neurons import format_layers
+    from tnedit.formats.neurons import format_layers
 
     result = lib.identify(settings)
     lines = [f"identified {len(result.neuron_sets)} neuron set(s) in {result.seconds:.1f}s → {out_dir}"]

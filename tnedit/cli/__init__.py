@@ -1,6 +1,6 @@
 """The `tnedit` command: a thin click shell over the library.
 
-Verbs live in ``tnedit/commands/`` and are imported only when invoked, and those modules import
+Verbs live in ``tnedit/cli/`` (one module each) and are imported only when invoked, and those modules import
 torch and transformers only inside their functions, so ``--help`` answers instantly.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-# verb -> "module:attribute" under tnedit.commands
+# verb -> "module:attribute" under tnedit.cli
 VERBS: dict[str, str] = {
     "identify": "identify:identify",
     "select": "identify:select",
@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        module = importlib.import_module(f"tnedit.commands.{module_name}")
+        module = importlib.import_module(f"tnedit.cli.{module_name}")
         return getattr(module, attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -126,7 +126,7 @@ def describe_exception(exc: BaseException) -> str:
 
 
 def _interrupted_message(exc: KeyboardInterrupt) -> str:
-    from tnedit.outputs import COMPLETED
+    from tnedit.formats.outputs import COMPLETED
 
     cause = f"interrupted by {exc.signal_name}" if isinstance(exc, SignalExit) else "interrupted"
     if not COMPLETED:
@@ -143,11 +143,11 @@ def _show_python_warning(message: Any, category: Any, filename: str, lineno: int
 def main(argv: list[str] | None = None) -> Any:
     import warnings
 
-    from tnedit.commands import common
-    from tnedit.outputs import COMPLETED
+    from tnedit.cli import options
+    from tnedit.formats.outputs import COMPLETED
 
     args = list(argv) if argv is not None else sys.argv[1:]
-    common.ARGV = args
+    options.ARGV = args
     COMPLETED.clear()
     debug = "--debug" in args or bool(os.environ.get("TNEDIT_DEBUG"))
     try:

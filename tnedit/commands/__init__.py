@@ -1,1 +1,0 @@
-"""CLI verbs. Each module imports the library (and so torch) only inside its command functions."""

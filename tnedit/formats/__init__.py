@@ -1,0 +1,1 @@
+"""Every ``tnedit.*/1`` file, typed and torch-free, plus digests and atomic writes: the bottom layer."""

@@ -1,0 +1,1 @@
+"""The model layer: loading, one hook lifecycle, batching and last-token capture."""

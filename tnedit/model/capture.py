@@ -1,0 +1,156 @@
+"""Last-token capture through hooks: the one forward-pass path identify and evaluate read hidden states by."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tnedit.model.batching import Batch, encode_batches, gather_last
+from tnedit.model.hooks import HookSet
+from tnedit.model.loading import LoadedModel, resolve_max_length
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+# --- capture -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LastTokenStates:
+    """Per-layer last-token tensors of one batch, each (B, ·) in the model's dtype.
+
+    ``out_scale[l]`` is the per-dimension factor that turns ``a_i v_i`` into neuron i's exact
+    contribution to the residual when an output norm follows the MLP (Gemma 2/3); None otherwise.
+    """
+
+    h: dict[int, torch.Tensor] = field(default_factory=dict)
+    r: dict[int, torch.Tensor] = field(default_factory=dict)
+    a: dict[int, torch.Tensor] = field(default_factory=dict)
+    out_scale: dict[int, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None  # (B, T, V), only from run(batch, logits=True)
+
+
+class LastTokenCapture:
+    """Hooks that record, at the last real token, what identify and evaluate need.
+
+    ``want`` is a subset of {"h", "r", "a"}: raw decoder-layer outputs, the pre-MLP residual R,
+    and the output-projection inputs (neuron activations). Use as a context manager; call
+    :meth:`run` per batch.
+    """
+
+    def __init__(self, lm: LoadedModel, want: Sequence[str], layers: Sequence[int] | None = None):
+        self.lm = lm
+        self.want = set(want)
+        self.layers = list(range(len(lm.layers))) if layers is None else list(layers)
+        self.states = LastTokenStates()
+        self._last: torch.Tensor | None = None
+        self._hooks = HookSet()
+        self._layer_inputs: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> LastTokenCapture:
+        for layer in self.layers:
+            self._install(layer)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.remove()
+
+    def _install(self, layer: int) -> None:
+        lm, arch, hooks = self.lm, self.lm.arch, self._hooks
+        module = lm.layers[layer]
+        if "h" in self.want:
+            hooks.add_post(module, self._store_output("h", layer))
+        if "a" in self.want:
+            hooks.add_pre(lm.out_proj(layer), self._store_input("a", layer))
+        if "r" in self.want:
+            kind, name = arch.residual_rule(lm.config)
+            if kind == "input_of":
+                hooks.add_pre(lm.layer_module(layer, name), self._store_input("r", layer))
+            else:
+                hooks.add_pre(module, self._keep_layer_input(layer), with_kwargs=True)
+                hooks.add_post(lm.layer_module(layer, name), self._parallel_residual(layer))
+            if arch.out_norm:
+                norm = lm.layer_module(layer, arch.out_norm)
+                hooks.add_pre(norm, self._out_norm_scale(layer, norm))
+
+    def _store_input(self, kind: str, layer: int) -> Any:
+        def hook(_module: Any, args: Any) -> None:
+            getattr(self.states, kind)[layer] = gather_last(_first(args), self._last)
+
+        return hook
+
+    def _store_output(self, kind: str, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, out: Any) -> None:
+            getattr(self.states, kind)[layer] = gather_last(_first(out), self._last)
+
+        return hook
+
+    def _keep_layer_input(self, layer: int) -> Any:
+        def hook(_module: Any, args: Any, kwargs: Any) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            self._layer_inputs[layer] = gather_last(x, self._last)
+
+        return hook
+
+    def _parallel_residual(self, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, out: Any) -> None:
+            attn = gather_last(_first(out), self._last)
+            self.states.r[layer] = self._layer_inputs.pop(layer) + attn
+
+        return hook
+
+    def _out_norm_scale(self, layer: int, norm: Any) -> Any:
+        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        offset = self.lm.arch.out_norm_offset
+
+        def hook(_module: Any, args: Any) -> None:
+            y = gather_last(_first(args), self._last).float()
+            inv_rms = torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+            self.states.out_scale[layer] = (offset + norm.weight.float()) * inv_rms
+
+        return hook
+
+    def run(self, batch: Batch, logits: bool = False) -> LastTokenStates:
+        """One forward pass of the base model (no LM head); returns this batch's states.
+
+        With ``logits=True`` the whole causal LM runs instead and ``states.logits`` holds its
+        next-token logits at every position, so one pass serves hidden states and LM metrics.
+        """
+        self.states = LastTokenStates()
+        self._last = batch.last_index
+        with torch.inference_mode():
+            model = self.lm.model if logits else self.lm.base_model()
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        if logits:
+            self.states.logits = out.logits
+        return self.states
+
+
+def last_token_states(lm: LoadedModel, texts: Sequence[str], neurons: Any = None, batch_size: int = 16) -> torch.Tensor:
+    """[sentences, layers, hidden] raw decoder-layer outputs at the last token, float64.
+
+    ``neurons`` (a NeuronSet, or None) are zeroed at the last token only, as the paper's
+    representation analyses do; rows come back in the order of ``texts``. Sentences longer than the
+    model's context are cut to it (see :func:`resolve_max_length`).
+    """
+    from tnedit.edit import RuntimeEdit, make_edit_spec  # moves to evaluate/ (lateral until then)
+
+    layers = list(range(lm.num_layers))
+    spec = make_edit_spec(neurons) if neurons is not None else None
+    out: dict[int, torch.Tensor] = {}
+    with LastTokenCapture(lm, ["h"], layers) as cap:
+        for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device, resolve_max_length(lm, None)):
+            if spec is None:
+                states = cap.run(batch)
+            else:
+                with RuntimeEdit(lm.model, spec, positions="last", arch=lm.arch) as edit:
+                    edit.set_attention_mask(batch.attention_mask)
+                    states = cap.run(batch)
+            for j, row in enumerate(batch.rows):
+                out[row] = torch.stack([states.h[layer][j].double() for layer in layers])
+    return torch.stack([out[i] for i in range(len(texts))])
