@@ -1,4 +1,9 @@
-"""One exception family, so the CLI can turn any expected failure into one clear line."""
+"""One exception family, so the CLI can turn any expected failure into one clear line.
+
+Builtin bases are mixed in where library callers expect them (PEFT's ``NoMatchingPeftModuleError(PeftError,
+ValueError)``): ``except ValueError`` keeps catching a malformed neuron set or an unknown architecture. The CLI
+catches :class:`TneditError` alone and exits with its ``exit_code``.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ class CheckpointError(InputError):
     """A model directory that is missing, malformed, quantized or otherwise unusable."""
 
 
-class NeuronSetError(InputError):
-    """A neurons file or neuron list that is malformed or does not fit the model."""
+class NeuronSetError(InputError, ValueError):
+    """A neurons file or neuron list that is malformed or does not fit the model (a ValueError for library callers)."""
 
 
 class UnsupportedArchitectureError(InputError, ValueError):

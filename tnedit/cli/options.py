@@ -1,13 +1,23 @@
-"""Options and output helpers shared by the verbs."""
+"""Options and output helpers shared by the verbs, and click options generated from the settings classes.
+
+:func:`settings_options` turns the fields of a settings dataclass (declared once with
+:func:`tnedit.settings.setting`) into click options: the flags, default, help and ``Choice`` come from the
+field, so a verb restates none of them. :func:`settings_from_options` builds the settings back from what
+click parsed. Torch-free: ``--help`` imports no settings module that would pull torch.
+"""
 
 from __future__ import annotations
 
 import json
 import shlex
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import click
+
+from tnedit.reporting import ProgressBar, TqdmReporter
+from tnedit.settings import SettingField, check_choice, setting_fields
 
 
 def _silence_libraries(_ctx: click.Context, _param: click.Parameter, quiet: bool) -> bool:
@@ -45,3 +55,101 @@ def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
 
 def warn(message: str) -> None:
     click.echo(f"tnedit: warning: {message}", err=True)
+
+
+class ClickReporter(TqdmReporter):
+    """The CLI's reporter: tqdm bars (none with ``--quiet``), warnings as ``tnedit: warning:`` lines."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
+        return ProgressBar() if self.quiet else super().bar(total, desc, unit, initial)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+
+def reporter_for(quiet: bool) -> ClickReporter:
+    return ClickReporter(quiet)
+
+
+# --- options generated from settings fields --------------------------------------------------------
+
+
+def _click_type(field: SettingField) -> Any:
+    if field.info.click_type is not None:
+        return field.info.click_type
+    if field.choices is not None:
+        return click.Choice([str(choice) for choice in field.choices])
+    for kind in (int, float):
+        if field.type is kind or field.type == (kind | None):
+            return kind
+    return None
+
+
+def _option(field: SettingField) -> Any:
+    """The click option of one settings field."""
+    declarations = [*field.flags, field.name]
+    help_text = field.info.help or None
+    default = None if field.required else field.default
+    if field.type is bool or field.type == (bool | None):
+        if default:
+            positive = field.flags[0]
+            declarations = [f"{positive}/--no-{positive.lstrip('-')}", field.name]
+        return click.option(*declarations, is_flag=True, default=bool(default), help=help_text)
+    if field.info.multiple:
+        return click.option(*declarations, multiple=True, type=_click_type(field), help=help_text,
+                            metavar=field.info.metavar)
+    if isinstance(default, (list, tuple)):
+        default = None
+    return click.option(*declarations, type=_click_type(field), default=default, help=help_text,
+                        show_default=field.info.show_default, metavar=field.info.metavar)
+
+
+def cli_fields(cls: type, only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[SettingField]:
+    """The fields of ``cls`` that become options: ``cli=True``, in ``only`` (and its order) when given."""
+    fields = {f.name: f for f in setting_fields(cls) if f.info.cli and f.name not in exclude}
+    if only is None:
+        return list(fields.values())
+    return [fields[name] for name in only if name in fields]
+
+
+def settings_options(cls: type, only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> Callable[[Any], Any]:
+    """A decorator that adds one click option per CLI field of ``cls``, in declaration order."""
+    options = [_option(field) for field in cli_fields(cls, only, exclude)]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        # Recorded so a test can prove each option's default and help are the field's.
+        command.__tnedit_settings__ = [*getattr(command, "__tnedit_settings__", []), cls]
+        return command
+
+    return decorate
+
+
+def settings_from_options(cls: type, params: Mapping[str, Any], **values: Any) -> Any:
+    """``cls`` built from click's parsed ``params`` (the fields among them) and explicit ``values``."""
+    kwargs: dict[str, Any] = {}
+    for field in setting_fields(cls):
+        if field.name in values:
+            kwargs[field.name] = values[field.name]
+        elif field.name in params and field.info.cli:
+            kwargs[field.name] = _from_click(field, params[field.name])
+    return cls(**kwargs)
+
+
+def _from_click(field: SettingField, value: Any) -> Any:
+    """click's value as the field's: a ``Choice`` string back to its ``Literal`` value, ``multiple`` as a list."""
+    if value is None:
+        return None
+    if field.choices is not None and field.info.click_type is None:
+        return check_choice(value, field.choices, field.flags[-1])
+    if field.info.multiple:
+        return list(value)
+    return value

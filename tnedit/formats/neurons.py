@@ -26,11 +26,8 @@ FORMAT = "tnedit.neurons/1"
 FLOAT32_MAX = 3.4028234663852886e38  # factors are applied in float32: a larger one is already inf
 
 
-class NeuronFormatError(NeuronSetError, ValueError):
-    """A neurons file or list that cannot be used as given. The message names the file and key.
-
-    A TneditError (so the CLI prints it as one line) that stays a ValueError for library callers.
-    """
+# The name of NeuronSetError before the error family was one; kept for library callers for one release.
+NeuronFormatError = NeuronSetError
 
 
 @dataclass(frozen=True)
@@ -120,11 +117,11 @@ class NeuronSet:
     def validate_shape(self, num_layers: int, intermediate_size: int, where: str = "neurons") -> None:
         for n in self.neurons:
             if not 0 <= n.layer < num_layers:
-                raise NeuronFormatError(
+                raise NeuronSetError(
                     f"{where}: layer {n.layer} is out of range (the model has layers 0..{num_layers - 1})"
                 )
             if not 0 <= n.index < intermediate_size:
-                raise NeuronFormatError(
+                raise NeuronSetError(
                     f"{where}: neuron index {n.index} in layer {n.layer} is out of range "
                     f"(intermediate size {intermediate_size}: 0..{intermediate_size - 1})"
                 )
@@ -168,15 +165,15 @@ def fingerprint(
 def parse_factor(value: Any, where: str) -> float:
     """A finite factor, finite in float32 too: edits multiply in float32, where 1e39 is already inf."""
     if isinstance(value, bool):
-        raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}")
+        raise NeuronSetError(f"{where}: factor must be a finite number, got {value!r}")
     try:
         factor = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}") from None
+        raise NeuronSetError(f"{where}: factor must be a finite number, got {value!r}") from None
     if not math.isfinite(factor):
-        raise NeuronFormatError(f"{where}: factor must be a finite number, got {value!r}")
+        raise NeuronSetError(f"{where}: factor must be a finite number, got {value!r}")
     if abs(factor) > FLOAT32_MAX:
-        raise NeuronFormatError(
+        raise NeuronSetError(
             f"{where}: factor {value!r} is not finite in float32 (|factor| must be at most {FLOAT32_MAX:.4g})"
         )
     return factor
@@ -188,7 +185,7 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 def _parse_int(value: Any, what: str, where: str) -> int:
     if isinstance(value, bool):
-        raise NeuronFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
+        raise NeuronSetError(f"{where}: {what} must be a non-negative integer, got {value!r}")
     if isinstance(value, int):
         parsed = value
     elif isinstance(value, float) and value.is_integer():
@@ -196,15 +193,15 @@ def _parse_int(value: Any, what: str, where: str) -> int:
     elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         parsed = int(value.strip())
     else:
-        raise NeuronFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
+        raise NeuronSetError(f"{where}: {what} must be a non-negative integer, got {value!r}")
     if parsed < 0:
-        raise NeuronFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
+        raise NeuronSetError(f"{where}: {what} must be a non-negative integer, got {value!r}")
     return parsed
 
 
 def _neuron_from_fields(fields: Sequence[Any], where: str) -> Neuron:
     if len(fields) not in (2, 3):
-        raise NeuronFormatError(f"{where}: expected layer,index[,factor], got {list(fields)!r}")
+        raise NeuronSetError(f"{where}: expected layer,index[,factor], got {list(fields)!r}")
     layer = _parse_int(fields[0], "layer", where)
     index = _parse_int(fields[1], "index", where)
     factor = parse_factor(fields[2], where) if len(fields) == 3 else None
@@ -214,11 +211,11 @@ def _neuron_from_fields(fields: Sequence[Any], where: str) -> Neuron:
 def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
     for key in ("layer", "index"):
         if key not in obj:
-            raise NeuronFormatError(f"{where}: missing key '{key}' (expected layer, index[, score, factor])")
+            raise NeuronSetError(f"{where}: missing key '{key}' (expected layer, index[, score, factor])")
     score = obj.get("score")
     if score is not None:
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise NeuronFormatError(f"{where}: 'score' must be a finite number, got {score!r}")
+            raise NeuronSetError(f"{where}: 'score' must be a finite number, got {score!r}")
         score = float(score)
     factor = parse_factor(obj["factor"], where) if obj.get("factor") is not None else None
     return Neuron(
@@ -233,7 +230,7 @@ def parse_neuron_list(text: str, where: str = "--neurons") -> list[Neuron]:
     """``"3:17,3:99,12:5"``; a third field gives a per-neuron factor: ``"3:17:0.5"``."""
     items = [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
     if not items:
-        raise NeuronFormatError(f"{where}: no neurons given (expected LAYER:INDEX[,LAYER:INDEX...])")
+        raise NeuronSetError(f"{where}: no neurons given (expected LAYER:INDEX[,LAYER:INDEX...])")
     return [_neuron_from_fields(item.split(":"), f"{where} item '{item}'") for item in items]
 
 
@@ -242,27 +239,27 @@ def _parse_csv(text: str, where: str) -> list[Neuron]:
     if rows and not _DIGITS.fullmatch(rows[0][0].strip().lstrip("-")):
         header = [c.strip().lower() for c in rows[0]]
         if header[:2] != ["layer", "index"]:
-            raise NeuronFormatError(f"{where}: CSV header must start with layer,index, got {rows[0]!r}")
+            raise NeuronSetError(f"{where}: CSV header must start with layer,index, got {rows[0]!r}")
         rows = rows[1:]
     return [_neuron_from_fields([c.strip() for c in row], f"{where} row {i}") for i, row in enumerate(rows, start=1)]
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in obj:
-        raise NeuronFormatError(f"{where}: missing key '{key}'")
+        raise NeuronSetError(f"{where}: missing key '{key}'")
     if not isinstance(obj[key], kind):
-        raise NeuronFormatError(f"{where}: key '{key}' must be a {kind.__name__}")
+        raise NeuronSetError(f"{where}: key '{key}' must be a {kind.__name__}")
     return obj[key]
 
 
 def neuron_set_from_dict(obj: dict[str, Any], where: str) -> NeuronSet:
     if obj.get("format") != FORMAT:
-        raise NeuronFormatError(f"{where}: key 'format' must be '{FORMAT}', got {obj.get('format')!r}")
+        raise NeuronSetError(f"{where}: key 'format' must be '{FORMAT}', got {obj.get('format')!r}")
     raw = _require(obj, "neurons", list, where)
     neurons = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise NeuronFormatError(f"{where}: neurons[{i}] must be an object with layer and index")
+            raise NeuronSetError(f"{where}: neurons[{i}] must be an object with layer and index")
         neurons.append(_neuron_from_mapping(item, f"{where}: neurons[{i}]"))
     model = None
     if obj.get("model") is not None:
@@ -322,18 +319,18 @@ def _checked_block(block: dict[str, Any], name: str, kinds: dict[str, str], wher
     cls = ModelInfo if name == "model" else Method
     for key in block:
         if key not in kinds:
-            raise NeuronFormatError(f"{where}: key '{name}.{key}' is unknown (expected {', '.join(kinds)})")
+            raise NeuronSetError(f"{where}: key '{name}.{key}' is unknown (expected {', '.join(kinds)})")
     for f in fields(cls):
         required = f.default is MISSING and f.default_factory is MISSING
         if f.name not in block:
             if required:
-                raise NeuronFormatError(f"{where}: key '{name}.{f.name}' is missing")
+                raise NeuronSetError(f"{where}: key '{name}.{f.name}' is missing")
             continue
         value, kind = block[f.name], kinds[f.name]
         if value is None and not required and f.default is None:
             continue
         if not _KINDS[kind](value):
-            raise NeuronFormatError(f"{where}: key '{name}.{f.name}' must be {kind}, got {value!r}")
+            raise NeuronSetError(f"{where}: key '{name}.{f.name}' must be {kind}, got {value!r}")
     return block
 
 
@@ -341,7 +338,7 @@ def _parse_json(text: str, where: str) -> NeuronSet:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise NeuronFormatError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise NeuronSetError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if isinstance(obj, dict):
         return neuron_set_from_dict(obj, where)
     if isinstance(obj, list):
@@ -353,22 +350,22 @@ def _parse_json(text: str, where: str) -> NeuronSet:
             elif isinstance(item, list):
                 neurons.append(_neuron_from_fields(item, at))
             else:
-                raise NeuronFormatError(f"{at}: expected [layer, index(, factor)] or an object")
+                raise NeuronSetError(f"{at}: expected [layer, index(, factor)] or an object")
         return NeuronSet(neurons=neurons, method=Method(kind="manual"))
-    raise NeuronFormatError(f"{where}: expected a '{FORMAT}' object or a list of neurons")
+    raise NeuronSetError(f"{where}: expected a '{FORMAT}' object or a list of neurons")
 
 
 def load_neurons(path: str | os.PathLike[str]) -> NeuronSet:
     """Read ``neurons.json``, a JSON list, or a CSV of ``layer,index[,factor]``."""
     p = Path(path)
     if not p.is_file():
-        raise NeuronFormatError(f"{p}: neurons file not found")
+        raise NeuronSetError(f"{p}: neurons file not found")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise NeuronFormatError(f"{p}: not a UTF-8 text file") from None
+        raise NeuronSetError(f"{p}: not a UTF-8 text file") from None
     if not text.strip():
-        raise NeuronFormatError(f"{p}: the file is empty")
+        raise NeuronSetError(f"{p}: the file is empty")
     if p.suffix.lower() == ".csv" or not text.lstrip().startswith(("{", "[")):
         return NeuronSet(neurons=_parse_csv(text, str(p)), method=Method(kind="manual"))
     return _parse_json(text, str(p))
@@ -387,7 +384,7 @@ def merge_duplicates(neurons: Sequence[Neuron]) -> tuple[list[Neuron], list[tupl
             seen[n.key] = n
             continue
         if prior.factor != n.factor:
-            raise NeuronFormatError(
+            raise NeuronSetError(
                 f"neuron {n.layer}:{n.index} is listed twice with different factors ({prior.factor} and {n.factor})"
             )
         dups.append(n.key)
@@ -415,7 +412,7 @@ def parse_layers(
     else:
         text = spec.strip()
         if not text:
-            raise NeuronFormatError(f"{where}: empty layer specification")
+            raise NeuronSetError(f"{where}: empty layer specification")
         if ":" in text:
             layers = _fraction_layers(text, num_layers, where)
         else:
@@ -423,20 +420,20 @@ def parse_layers(
             for item in (p.strip() for p in text.split(",")):
                 m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item, re.ASCII)
                 if not m:
-                    raise NeuronFormatError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
+                    raise NeuronSetError(f"{where}: '{item}' is not a layer or a range like 0-11 (in '{spec}')")
                 lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
                 if hi < lo:
-                    raise NeuronFormatError(f"{where}: range '{item}' runs backwards")
+                    raise NeuronSetError(f"{where}: range '{item}' runs backwards")
                 found.update(range(lo, hi + 1))
             layers = sorted(found)
     if num_layers is not None:
         bad = [x for x in layers if not 0 <= x < num_layers]
         if bad:
-            raise NeuronFormatError(
+            raise NeuronSetError(
                 f"{where}: layer {bad[0]} is out of range (the model has layers 0..{num_layers - 1})"
             )
     if not layers:
-        raise NeuronFormatError(f"{where}: no layers selected")
+        raise NeuronSetError(f"{where}: no layers selected")
     return layers
 
 
@@ -458,14 +455,14 @@ def _fraction_layers(text: str, num_layers: int | None, where: str) -> list[int]
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
-        raise NeuronFormatError(f"{where}: '{text}' is not a fraction range like 0.0:0.625") from None
+        raise NeuronSetError(f"{where}: '{text}' is not a fraction range like 0.0:0.625") from None
     if not 0.0 <= lo < hi <= 1.0:
-        raise NeuronFormatError(f"{where}: fraction range '{text}' must satisfy 0 <= start < end <= 1")
+        raise NeuronSetError(f"{where}: fraction range '{text}' must satisfy 0 <= start < end <= 1")
     if num_layers is None:
-        raise NeuronFormatError(f"{where}: a fraction range needs the model's layer count")
+        raise NeuronSetError(f"{where}: a fraction range needs the model's layer count")
     layers = list(range(round_half_up(lo * num_layers), round_half_up(hi * num_layers)))
     if not layers:
-        raise NeuronFormatError(f"{where}: '{text}' selects no layer of a {num_layers}-layer model")
+        raise NeuronSetError(f"{where}: '{text}' selects no layer of a {num_layers}-layer model")
     return layers
 
 
@@ -490,9 +487,9 @@ def read_neuron_argument(value: str, where: str = "--neurons") -> tuple[NeuronSe
     if is_file:
         return load_neurons(path), str(value)
     if is_dir:
-        raise NeuronFormatError(f"{where}: '{value}' is a directory; expected a neurons file or a list like 3:17,3:99")
+        raise NeuronSetError(f"{where}: '{value}' is a directory; expected a neurons file or a list like 3:17,3:99")
     if _looks_like_path(value) or ":" not in value:
-        raise NeuronFormatError(
+        raise NeuronSetError(
             f"{where}: '{value}' is neither a neurons file nor a list of layer,index[,factor] items like 3:17,3:99:0.5"
         )
     return NeuronSet(parse_neuron_list(value, where), method=Method(kind="manual")), where
