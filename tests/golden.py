@@ -147,8 +147,8 @@ def current_package_root() -> Path:
     """The working tree, or the directory named by $TNEDIT_GOLDEN_CURRENT (the failure proof only)."""
     override = os.environ.get(CURRENT_ENV)
     root = Path(override).resolve() if override else REPO
-    if not (root / "tnedit" / "cli.py").is_file():
-        raise FileNotFoundError(f"{root}/tnedit/cli.py not found (from ${CURRENT_ENV}={override!r})")
+    if not any((root / "tnedit" / name).is_file() for name in ("cli.py", "cli/__init__.py")):
+        raise FileNotFoundError(f"{root}/tnedit/cli not found (from ${CURRENT_ENV}={override!r})")
     return root
 
 

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tnedit"
 
 # Lowest first. A module may import modules of its own package and of packages on lower layers only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tnedit", "tnedit.errors", "tnedit.reporting", "tnedit.settings", "tnedit.formats"),
+    ("tnedit.errors", "tnedit.versions"),
+    ("tnedit.reporting", "tnedit.settings", "tnedit.formats"),
     ("tnedit.architectures",),
     ("tnedit.checkpoint", "tnedit.corpus", "tnedit.qa"),
     ("tnedit.model",),
@@ -26,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tnedit.evaluate", "tnedit.hub"),
     ("tnedit.recipes",),
     ("tnedit.cli",),
+    ("tnedit",),  # the package __init__: the curated public API, exported lazily from every layer
 )
 
 MAX_MODULE_LINES = 500
