@@ -3,7 +3,7 @@
 
 What is compared, on the same sentences, batch size, dtype and device:
 
-* **identify**: ``tnedit.identify.identify`` for one language, Type-1 (centroid pass over the N
+* **identify**: ``tnedit.identify.run_identify`` for one language, Type-1 (centroid pass over the N
   English + N L2 sentences with hooks and fp64 sums, score pass over the N L2 sentences with the
   vectorised score, then η² and the global top-k). No files are written.
 * **plain**: the same two passes as plain batched forward passes of the base model (no LM head,
@@ -177,8 +177,10 @@ def main() -> None:
 
     import torch
 
-    from tnedit import identify as lib
+    from tnedit.identify.pipeline import run_identify
+    from tnedit.identify.settings import IdentifySettings, default_layers
     from tnedit.model.loading import load_model, parse_dtype, pick_device
+    from tnedit.reporting import NullReporter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,16 +204,16 @@ def main() -> None:
 
     # warm-up: kernels, allocator, tokenizer caches
     plain_passes(lm, [l2[: 2 * args.batch_size]], args.batch_size, device)
-    k = min(1000, len(lib.default_layers(1, lm.num_layers)) * lm.intermediate_size)
-    settings = lib.IdentifySettings(model=lm.name_or_path, langs=[args.lang], type=1, k=k,
-                                    batch_size=args.batch_size, quiet=True)
+    k = min(1000, len(default_layers(1, lm.num_layers)) * lm.intermediate_size)
+    settings = IdentifySettings(model=lm.name_or_path, langs=[args.lang], type=1, k=k, batch_size=args.batch_size)
+    quiet = NullReporter()
     warm = corpus.slice(0, min(n, max(10, args.batch_size)))
-    lib.identify(settings, lm=lm, corpus=warm)
+    run_identify(settings, lm=lm, corpus=warm, reporter=quiet)
 
     t_plain_a = plain_passes(lm, [en + l2, l2], args.batch_size, device)
     sync(device)
     t0 = time.perf_counter()
-    result = lib.identify(settings, lm=lm, corpus=corpus)
+    result = run_identify(settings, lm=lm, corpus=corpus, reporter=quiet)
     sync(device)
     t_identify = time.perf_counter() - t0
     t_plain_b = plain_passes(lm, [en + l2, l2], args.batch_size, device)

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def per_layer_cosine(a, b):
@@ -43,11 +41,12 @@ def main() -> None:
 
     import numpy as np
 
-    from tnedit import identify as lib
-    from tnedit.model.capture import last_token_states
-    from tnedit.model.loading import load_model
     from tnedit.corpus import load_corpus
+    from tnedit.evaluate import last_token_states
     from tnedit.formats.neurons import load_neurons
+    from tnedit.identify import IdentifySettings, random_control, run_identify
+    from tnedit.model.loading import load_model
+    from tnedit.reporting import NullReporter
 
     lm = load_model(args.model, device="cpu")
     corpus = load_corpus(args.data, ["en", args.lang])
@@ -56,10 +55,10 @@ def main() -> None:
     if args.neurons:
         top = load_neurons(args.neurons).top(args.k)
     else:
-        settings = lib.IdentifySettings(model=args.model, langs=[args.lang], type=1, k=args.k, quiet=True)
-        top = lib.identify(settings, lm=lm, corpus=train).neuron_sets[(args.lang, 1)]
+        settings = IdentifySettings(model=args.model, langs=[args.lang], type=1, k=args.k)
+        top = run_identify(settings, lm=lm, corpus=train, reporter=NullReporter()).neuron_sets[(args.lang, 1)]
     t_identify = time.perf_counter() - t0
-    ctrl = lib.random_control(top, lm.num_layers, lm.intermediate_size, seed=args.seed)
+    ctrl = random_control(top, lm.num_layers, lm.intermediate_size, seed=args.seed)
     num = lm.num_layers
     mid = list(range(num // 4, (3 * num) // 4))
     report = {"model": args.model, "lang": args.lang, "k": len(top), "train_pairs": len(train),

@@ -171,7 +171,7 @@ def _as_hub_cache(src: Path, cache: Path, commit: str = "c" * 40) -> Path:
 
 @pytest.mark.parametrize("link", [False, True])
 def test_untouched_hub_blobs_are_copied_without_rehashing(link, tmp_path, capsys, monkeypatch):
-    from tnedit import checkpoint
+    from tnedit.checkpoint import streaming
 
     src = _as_hub_cache(_shard(make_tiny("llama", tmp_path), tmp_path / "sharded", "20KB"), tmp_path / "hub")
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
@@ -181,9 +181,9 @@ def test_untouched_hub_blobs_are_copied_without_rehashing(link, tmp_path, capsys
     def spy(real):
         return lambda path, *args, **kwargs: hashed.append(path.name) or real(path, *args, **kwargs)
 
-    real_copy, real_sha = checkpoint.copy_with_patches, checkpoint.sha256_file
-    monkeypatch.setattr(checkpoint, "copy_with_patches", spy(real_copy))
-    monkeypatch.setattr(checkpoint, "sha256_file", spy(real_sha))
+    real_copy, real_sha = streaming.copy_with_patches, streaming.sha256_file
+    monkeypatch.setattr(streaming, "copy_with_patches", spy(real_copy))
+    monkeypatch.setattr(streaming, "sha256_file", spy(real_sha))
     out = tmp_path / "edited"
     args = ["apply", str(src), "--neurons", "3:5", "-o", str(out)] + (["--link"] if link else [])
     assert run_cli(args, capsys)[0] == 0
@@ -248,6 +248,45 @@ def test_model_card_and_provenance(tmp_path, capsys):
     assert prov["versions"]["torch"] and prov["versions"]["transformers"]
     assert prov["command"].startswith("tnedit apply")
     assert set(prov["weights"]) == {"model.safetensors"}
+
+
+def test_typed_provenance_reads_back_what_apply_wrote(tmp_path, capsys):
+    """tnedit.json parsed into Provenance and written again is the same text; the card renders from either form."""
+    from tnedit.formats.card import render_card
+    from tnedit.formats.provenance import NOT_A_CHECKPOINT, Provenance, read_provenance
+
+    src = make_tiny("llama", tmp_path)
+    out = tmp_path / "edited"
+    assert run_cli(["apply", str(src), "--neurons", NEURONS, "-o", str(out)], capsys)[0] == 0
+    text = (out / "tnedit.json").read_text(encoding="utf-8")
+    prov = read_provenance(out, complete=True, missing=NOT_A_CHECKPOINT)
+    assert prov.to_json() == text
+    assert Provenance.from_dict(prov.to_dict(), "x") == prov
+    assert prov.source.model_type == "llama" and prov.edit.op == "zero" and prov.revert_sha256
+    assert [(n.layer, n.index, n.factor) for n in prov.edit.edited_neurons("x")] == [
+        (layer, index, 0.0) for layer, index in NEURON_LIST
+    ]
+    assert render_card(prov, None) == render_card(json.loads(text), None)
+
+
+def test_read_provenance_names_each_callers_problem(tmp_path):
+    from tnedit.errors import CheckpointError
+    from tnedit.formats.provenance import NOT_A_CHECKPOINT, Provenance, read_provenance
+
+    with pytest.raises(CheckpointError, match="no tnedit.json; not a checkpoint written by tnedit apply"):
+        read_provenance(tmp_path)
+    with pytest.raises(CheckpointError, match=r"not a tnedit checkpoint \(no tnedit.json\); expected a directory"):
+        read_provenance(tmp_path, missing=NOT_A_CHECKPOINT)
+    (tmp_path / "tnedit.json").write_text('{"format": "tnedit.provenance/1", "weights": {}}', encoding="utf-8")
+    legacy = read_provenance(tmp_path)  # revert checks the digests later, against the checkpoint
+    assert legacy.weights == {} and "revert_sha256" not in legacy.to_dict()
+    with pytest.raises(CheckpointError, match=r"key 'source.name_or_path' is missing or not a string"):
+        read_provenance(tmp_path, complete=True)
+    (tmp_path / "tnedit.json").write_text('{"format": "tnedit.provenance/9"}', encoding="utf-8")
+    with pytest.raises(CheckpointError, match="key 'format' must be 'tnedit.provenance/1'"):
+        read_provenance(tmp_path)
+    with pytest.raises(CheckpointError, match="must be 'tnedit.provenance/1'"):
+        Provenance.from_dict([], "x")
 
 
 def test_in_memory_apply_matches_baked_and_restores(tmp_path, capsys):
@@ -324,7 +363,7 @@ def test_duplicates_are_merged_with_a_warning(tmp_path, capsys):
 
 
 def test_interrupted_apply_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import tnedit.edit as edit_module
+    import tnedit.edit.bake as bake_module
 
     src = make_tiny("llama", tmp_path)
     before = dir_hashes(src)
@@ -332,7 +371,7 @@ def test_interrupted_apply_leaves_nothing(tmp_path, capsys, monkeypatch):
     def boom(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(edit_module, "_write_revert_file", boom)
+    monkeypatch.setattr(bake_module, "_write_revert_file", boom)
     code, _, err = run_cli(["apply", str(src), "--neurons", NEURONS, "-o", str(tmp_path / "edited")], capsys)
     assert code == 130 and "nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
@@ -532,12 +571,12 @@ def test_revert_refuses_tampered_checkpoint(tmp_path, capsys, tiny):
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_row_block_streaming_equals_one_block(name, tmp_path, capsys, monkeypatch):
     """Tiny blocks (a few rows) must give the same bytes as one whole-tensor block, and revert."""
-    import tnedit.checkpoint as checkpoint
+    import tnedit.checkpoint.streaming as streaming
 
     src = make_tiny(name, tmp_path, dtype="bfloat16")
     args = ["--neurons", "0:0,0:63,1:5,2:31,2:32,3:7", "--op", "scale", "--factor", "0.3"]
     assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "whole")], capsys)[0] == 0
-    monkeypatch.setattr(checkpoint, "CHUNK", 200)  # 1-3 rows per block
+    monkeypatch.setattr(streaming, "CHUNK", 200)  # 1-3 rows per block
     assert run_cli(["apply", str(src), *args, "-o", str(tmp_path / "blocks")], capsys)[0] == 0
     assert dir_hashes(tmp_path / "whole").keys() == dir_hashes(tmp_path / "blocks").keys()
     for f in ("model.safetensors", "tnedit_revert.safetensors"):

@@ -1,4 +1,4 @@
-"""tnedit.corpus: the built-in data, TSV/JSONL/HF loading, validation errors and QA sets (no network)."""
+"""tnedit.corpus and tnedit.qa: the built-in data, TSV/JSONL/HF loading, validation errors and QA sets (no network)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from tnedit import corpus as corpus_mod
 from tnedit.corpus import (
     BUILTIN_LANGUAGES,
     ParallelCorpus,
-    QAItem,
     builtin_corpus,
     check_tokenizable,
     load_corpus,
-    load_qa,
 )
 from tnedit.errors import CorpusError, InputError
+from tnedit.qa import QAItem, load_qa
 
 DATA_DIR = Path(corpus_mod.__file__).resolve().parent / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -164,6 +163,17 @@ def test_tsv_and_jsonl_same_sha(tmp_path):
     assert direct.sha256 == ct.sha256
     # a different order of languages is different content
     assert load_corpus(t, ["ja", "en"]).sha256 != ct.sha256
+
+
+def test_sha256_encoding_is_pinned():
+    """The recorded digest's bytes, written out by hand: a header line, the languages, one JSON row per line."""
+    import hashlib
+
+    rows = rows_en_ja(3)
+    corpus = ParallelCorpus("x", ("en", "ja"), {"en": [a for a, _ in rows], "ja": [b for _, b in rows]})
+    lines = [json.dumps(["en", "ja"])] + [json.dumps([a, b], ensure_ascii=False) for a, b in rows]
+    expected = hashlib.sha256(("tnedit.corpus/1\n" + "".join(line + "\n" for line in lines)).encode()).hexdigest()
+    assert corpus.sha256 == expected
 
 
 def test_txt_gz_crlf_bom_and_blank_lines(tmp_path):

@@ -25,8 +25,9 @@ import pytest
 
 from tests.hostile import Outcome, compare_snapshots, expect_clean_failure, run_cli, snapshot
 from tests.tiny import load_tiny, make_tiny
-from tnedit.checkpoint import REVERT_NAME, open_checkpoint, read_header
+from tnedit.checkpoint import open_checkpoint, read_header
 from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet
+from tnedit.formats.provenance import REVERT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "model.safetensors.index.json"
@@ -584,8 +585,8 @@ def test_revert_output_must_not_overlap_edited(where, edited, tmp_path, capsys, 
 # Runs tnedit with one hook installed first; the hook acts on the weight file the first time it is copied.
 _HOOKED = """
 import os, sys, time
-import tnedit.checkpoint as ck
-import tnedit.edit as ed
+import tnedit.checkpoint.streaming as ck
+import tnedit.edit.bake as ed
 {hook}
 from tnedit.cli import main
 main(sys.argv[1:])
@@ -690,7 +691,7 @@ def test_a_second_signal_does_not_cut_the_wait_for_workers_short():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from tnedit.edit import _stop_workers
+    from tnedit.edit.workers import stop_workers
 
     finished = threading.Event()
 
@@ -702,7 +703,7 @@ def test_a_second_signal_does_not_cut_the_wait_for_workers_short():
     futures = [pool.submit(stubborn_worker), pool.submit(stubborn_worker)]
     interrupter = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     interrupter.start()
-    _stop_workers(pool, futures, threading.Event())
+    stop_workers(pool, futures, threading.Event())
     interrupter.join()
     assert finished.is_set() and futures[0].done() and futures[1].cancelled()
 

@@ -50,6 +50,7 @@ def built(tmp_path_factory) -> Path:
     from tests.tiny import make_tiny
     from tnedit.corpus import builtin_corpus
     from tnedit.edit import apply_to_checkpoint, make_edit_spec
+    from tnedit.reporting import NullReporter
 
     root = tmp_path_factory.mktemp("hostile-evaluate")
     model = make_tiny("llama", root, subdir="models/tiny")
@@ -58,7 +59,7 @@ def built(tmp_path_factory) -> Path:
     ns.save(root / "neurons.json")
     _neuron_set(_model_info(other)).save(root / "other-neurons.json")
     apply_to_checkpoint(str(model), make_edit_spec(ns, "zero"), root / "ed", neuron_set=ns,
-                        neuron_source=str(root / "neurons.json"), progress=False)
+                        neuron_source=str(root / "neurons.json"), reporter=NullReporter())
     corpus = builtin_corpus()
     rows = ["en\tja", *(f"{en}\t{ja}" for en, ja in corpus.pairs("en", "ja")[:40])]
     (root / "data.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -226,11 +227,19 @@ def test_neurons_made_for_another_model(world, capsys):
 
 
 def _plan_warnings(s, original: Path) -> list[str]:
-    from tnedit.evaluate import _plan
+    from tnedit.evaluate.plan import plan_evaluation
+    from tnedit.reporting import NullReporter
 
-    warnings: list[str] = []
-    _plan(s, original, {"en": ["The cat sits."], "ja": ["猫が座る。"]}, warnings.append)
-    return warnings
+    class Recorder(NullReporter):
+        def __init__(self):
+            self.warnings: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.warnings.append(message)
+
+    recorder = Recorder()
+    plan_evaluation(s.resolve(), original, {"en": ["The cat sits."], "ja": ["猫が座る。"]}, reporter=recorder)
+    return recorder.warnings
 
 
 def test_legacy_fingerprints_warn_and_mismatches_can_be_forced(world):
@@ -269,18 +278,18 @@ SMALL = dict(n_pairs=12, n_qa=0, n_gen=0, n_langid=0, batch_size=8, knn_k=3, pca
 
 @pytest.fixture(scope="module")
 def hook_report(built):
-    from tnedit.evaluate import EvaluateSettings, evaluate
+    from tnedit.evaluate import EvaluateSettings, run_evaluation
 
-    return evaluate(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=str(built / "neurons.json"),
+    return run_evaluation(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=str(built / "neurons.json"),
                                      **SMALL))
 
 
 def test_inline_neuron_list_equals_the_file(built, hook_report):
-    from tnedit.evaluate import EvaluateSettings, evaluate
+    from tnedit.evaluate import EvaluateSettings, run_evaluation
     from tnedit.formats.neurons import load_neurons
 
     inline = ",".join(f"{n.layer}:{n.index}" for n in load_neurons(built / "neurons.json").neurons)
-    data = evaluate(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=inline, **SMALL)).data
+    data = run_evaluation(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=inline, **SMALL)).data
     ref = hook_report.data
     assert data["edit"]["n_neurons"] == ref["edit"]["n_neurons"] == 7
     assert data["edit"]["edit_sha256"] == ref["edit"]["edit_sha256"]
@@ -290,13 +299,13 @@ def test_inline_neuron_list_equals_the_file(built, hook_report):
 
 def test_top_k_counts_within_layers(built):
     """--top-k K --layers L edits the first K neurons of the set that lie in L, and the control draws from L."""
-    from tnedit.evaluate import EvaluateSettings, evaluate
+    from tnedit.evaluate import EvaluateSettings, run_evaluation
     from tnedit.formats.neurons import load_neurons
 
     order = load_neurons(built / "neurons.json").neurons
     expected = [(n.layer, n.index) for n in order if n.layer == 2][:2]
     assert [(n.layer, n.index) for n in order[:2]] != expected, "the fixture must tell the two orders apart"
-    data = evaluate(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=str(built / "neurons.json"),
+    data = run_evaluation(EvaluateSettings(str(built / "models" / "tiny"), ["ja"], neurons=str(built / "neurons.json"),
                                      top_k=2, layers="2", control="random", **SMALL)).data
     assert data["edit"]["n_neurons"] == 2 and data["edit"]["per_layer"] == {2: 2}
     assert {layer for layer, _ in data["control"]["neurons"]} == {2}
@@ -396,16 +405,15 @@ def test_factor_without_scale(world, capsys):
 # signal lands at a known point: mid-run, or while the report's temporary directory exists.
 STALL = """
 import pathlib, sys, time
-import tnedit.evaluate as E
-import tnedit.report as R
+import tnedit.evaluate.pipeline as pipeline
 ready, stage = pathlib.Path(sys.argv[1]), sys.argv[2]
 def stall(*args, **kwargs):
     ready.write_text(stage)
     time.sleep(120)
 if stage == "generation":
-    E.run_generation = stall
+    pipeline.run_generation = stall
 else:
-    R.write_plots = stall
+    pipeline.write_plots = stall
 from tnedit.cli import main
 main(sys.argv[3:])
 """

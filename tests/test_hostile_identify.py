@@ -29,10 +29,16 @@ from safetensors.torch import save_file
 from tests.hostile import compare_snapshots, expect_clean_failure, run_cli, snapshot
 from tests.test_identify import EN, JA, KO
 from tests.tiny import make_tiny
-from tnedit.model import batching, loading
-from tnedit import identify as lib
 from tnedit.architectures import architecture_for_config
+from tnedit.errors import InputError
 from tnedit.formats.neurons import load_neurons
+from tnedit.identify.controls import model_shape, random_control
+from tnedit.identify.passes import ScorePass
+from tnedit.identify.pipeline import run_identify
+from tnedit.identify.resume import RESUME_DIR
+from tnedit.identify.settings import IdentifySettings
+from tnedit.model import batching, loading
+from tnedit.reporting import NullReporter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,8 +77,8 @@ def made(models, tmp_path_factory) -> SimpleNamespace:
     data = _write_tsv(root / "en-ja.tsv", {"en": EN, "ja": JA})
     out = root / "identified"
     lm = loading.load_model(str(models.llama), device="cpu")
-    lib.identify(lib.IdentifySettings(model=str(models.llama), langs=["ja"], data=str(data), type="both", k=10,
-                                      batch_size=4, quiet=True, output=out), lm=lm)
+    run_identify(IdentifySettings(model=str(models.llama), langs=["ja"], data=str(data), type="both", k=10,
+                                  batch_size=4, output=out), lm=lm, reporter=NullReporter())
     return SimpleNamespace(root=root, data=data, scores=out / "scores-ja.safetensors",
                            like=out / "neurons-ja-type1.json", type2=out / "neurons-ja-type2.json")
 
@@ -143,7 +149,7 @@ def test_identify_control_options_without_control(models, made, tmp_path, capsys
 
 
 def test_identify_resume_with_corrupt_state(models, made, tmp_path, capsys):
-    state = tmp_path / "o" / lib.CHECKPOINT_DIR / "state.json"
+    state = tmp_path / "o" / RESUME_DIR / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text("{half a state", encoding="utf-8")
     args = _identify(models, made, "-o", str(tmp_path / "o"), "--resume")
@@ -160,10 +166,10 @@ def interrupted(models, made, tmp_path_factory) -> Path:
         if name == "ja:scores" and done == 2:
             raise KeyboardInterrupt
 
-    settings = lib.IdentifySettings(model=str(models.llama), langs=["ja"], data=str(made.data), type="1", k=5,
-                                    batch_size=2, checkpoint_every=1, quiet=True, output=out)
+    settings = IdentifySettings(model=str(models.llama), langs=["ja"], data=str(made.data), type="1", k=5,
+                                batch_size=2, checkpoint_every=1, output=out)
     with pytest.raises(KeyboardInterrupt):
-        lib.identify(settings, on_batch=stop)
+        run_identify(settings, on_batch=stop, reporter=NullReporter())
     return out
 
 
@@ -175,7 +181,7 @@ def test_identify_resume_with_damaged_state(models, made, interrupted, tmp_path,
     def damaged(name: str, damage) -> Path:
         out = tmp_path / name
         shutil.copytree(interrupted, out)
-        damage(out / lib.CHECKPOINT_DIR)
+        damage(out / RESUME_DIR)
         return out
 
     def sums(ck: Path) -> Path:
@@ -198,7 +204,7 @@ def test_identify_resume_with_damaged_state(models, made, interrupted, tmp_path,
         "state not an object": (lambda ck: (ck / "state.json").write_text("[1, 2]", encoding="utf-8"),
                                 "must be a JSON object"),
     }
-    assert (interrupted / lib.CHECKPOINT_DIR / "state.json").is_file()
+    assert (interrupted / RESUME_DIR / "state.json").is_file()
     code, _, err = run_cli(_resume_args(models, made, damaged("intact", lambda ck: None)), capsys)
     assert code == 0, err  # the undamaged state resumes
     for what, (damage, needle) in cases.items():
@@ -241,8 +247,8 @@ def test_bin_only_model(models, made, tmp_path, capsys, mode):
 
 
 def test_model_shape_of_bin_only_model_is_refused(models):
-    with pytest.raises(lib.InputError, match="only PyTorch .bin files"):
-        lib.model_shape(str(models.bin_only))
+    with pytest.raises(InputError, match="only PyTorch .bin files"):
+        model_shape(str(models.bin_only))
 
 
 # --- identify: where the output goes -------------------------------------------------------------
@@ -276,7 +282,7 @@ def test_resume_without_state_warns_once_and_runs(models, made, tmp_path, capsys
     out, plain = tmp_path / "o", tmp_path / "plain"
     code, _, err = run_cli(_identify(models, made, "-o", str(out), "--resume"), capsys)
     assert code == 0
-    assert err.splitlines() == [f"tnedit: warning: --resume: no checkpoint under {out / lib.CHECKPOINT_DIR}; "
+    assert err.splitlines() == [f"tnedit: warning: --resume: no checkpoint under {out / RESUME_DIR}; "
                                 "starting from the beginning"]
     assert run_cli(_identify(models, made, "-o", str(plain)), capsys)[0] == 0
     name = "neurons-ja-type1.json"
@@ -348,7 +354,7 @@ def test_control_overwrite_replaces_atomically(models, made, tmp_path, capsys):
     assert len(ctrl) == len(ref) and not (ctrl.keys() & ref.keys()) and ctrl.method.seed == 3
     assert json.loads(stdout)["file"] == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctrl.json"]  # no temporary left behind
-    again = lib.random_control(ref, 4, 64, seed=3)
+    again = random_control(ref, 4, 64, seed=3)
     assert ctrl.neurons == again.neurons  # the CLI writes what the library draws
 
 
@@ -521,7 +527,7 @@ def test_context_length_keys_and_cap():
     assert loading.resolve_max_length(lm(max_position_embeddings=131072), None) == loading.MAX_LENGTH_CAP
     assert loading.resolve_max_length(lm(), None) == loading.MAX_LENGTH_CAP  # ALiBi models name no context
     assert loading.resolve_max_length(lm(max_position_embeddings=131072), 8192) == 8192  # explicit may pass the cap
-    with pytest.raises(lib.InputError, match=r"--max-length 1025: exceeds .* 1024 tokens \(n_positions"):
+    with pytest.raises(InputError, match=r"--max-length 1025: exceeds .* 1024 tokens \(n_positions"):
         loading.resolve_max_length(lm(n_positions=1024), 1025)
 
 
@@ -530,7 +536,7 @@ def test_context_length_keys_and_cap():
 
 def test_sigterm_in_process_writes_nothing(models, made, tmp_path, capsys, monkeypatch):
     calls = []
-    update = lib.ScorePass.update
+    update = ScorePass.update
 
     def terminated_at_second_batch(self, states, rows):
         calls.append(len(rows))
@@ -538,7 +544,7 @@ def test_sigterm_in_process_writes_nothing(models, made, tmp_path, capsys, monke
             os.kill(os.getpid(), signal.SIGTERM)
         update(self, states, rows)
 
-    monkeypatch.setattr(lib.ScorePass, "update", terminated_at_second_batch)
+    monkeypatch.setattr(ScorePass, "update", terminated_at_second_batch)
     args = _identify(models, made, "-o", str(tmp_path / "o"), "--batch-size", "4")
     expect_clean_failure("identify: SIGTERM in the score pass", args, capsys, watch=[tmp_path, models.llama, made.root],
                          inputs=[made.data], code=130, needles=["interrupted by SIGTERM", "nothing was written"])
@@ -549,12 +555,12 @@ _SLOW_RUN = """
 import sys, time
 from pathlib import Path
 import torch
-import tnedit.identify as lib
+from tnedit.identify.resume import ResumeStore
 
 torch.set_num_threads(1)  # as the test process: the same reduction order, so bit-identical sums
 
 marker, args = Path(sys.argv[1]), sys.argv[2:]
-save_partial = lib._Checkpoint.save_partial
+save_partial = ResumeStore.save_partial
 
 def slow(self, p, done):  # the maths unchanged; after each saved score batch, time to be signalled
     save_partial(self, p, done)
@@ -562,7 +568,7 @@ def slow(self, p, done):  # the maths unchanged; after each saved score batch, t
         marker.write_text(str(done))
         time.sleep(0.3)
 
-lib._Checkpoint.save_partial = slow
+ResumeStore.save_partial = slow
 from tnedit.cli import main
 main(args)
 """
@@ -594,20 +600,20 @@ def test_sigterm_subprocess_keeps_a_consistent_resume_state(models, made, tmp_pa
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 130, err
     assert len(lines) == 1 and lines[0].startswith("tnedit: interrupted by SIGTERM"), err
-    assert f"kept the outputs completed before it ({out / lib.CHECKPOINT_DIR})" in lines[0]
+    assert f"kept the outputs completed before it ({out / RESUME_DIR})" in lines[0]
     assert not compare_snapshots(before, snapshot([models.llama, made.data]))
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert all(name.startswith(lib.CHECKPOINT_DIR) for name in left), left  # no neuron set, no scores file
-    state = json.loads((out / lib.CHECKPOINT_DIR / "state.json").read_text(encoding="utf-8"))
+    assert all(name.startswith(RESUME_DIR) for name in left), left  # no neuron set, no scores file
+    state = json.loads((out / RESUME_DIR / "state.json").read_text(encoding="utf-8"))
     assert state["current"] == "ja:scores" and state["batches_done"] >= 2
-    assert (out / lib.CHECKPOINT_DIR / state["tensors"]).is_file()
-    assert not [p for p in (out / lib.CHECKPOINT_DIR).iterdir() if p.name.startswith(".")]  # no temporaries
+    assert (out / RESUME_DIR / state["tensors"]).is_file()
+    assert not [p for p in (out / RESUME_DIR).iterdir() if p.name.startswith(".")]  # no temporaries
 
     code, _, err = run_cli([*args, "--resume"], capsys)
     assert code == 0, err
     code, _, err = run_cli(_identify(models, made, "--type", "both", "--batch-size", "2", "-o", str(full)), capsys)
     assert code == 0, err
-    assert not (out / lib.CHECKPOINT_DIR).exists()
+    assert not (out / RESUME_DIR).exists()
     resumed = load_file(str(out / "scores-ja.safetensors"))
     uninterrupted = load_file(str(full / "scores-ja.safetensors"))
     for key in uninterrupted:

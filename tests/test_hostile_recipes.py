@@ -17,6 +17,7 @@ import pytest
 from tests.hostile import expect_clean_failure, run_cli
 from tnedit.errors import RecipeError
 from tnedit.recipes import load_recipe
+from tnedit.reporting import NullReporter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,7 +280,7 @@ def test_identify_step_appears_atomically(lab, monkeypatch):
     monkeypatch.setattr(RecipeRunner, "_identify_into", interrupted)
     r = load_recipe(recipe(lab))
     with pytest.raises(KeyboardInterrupt):
-        RecipeRunner(r, quiet=True, log=lambda _m: None).run()
+        RecipeRunner(r, reporter=NullReporter()).run()
     out = lab / "out"
     assert sorted(p.name for p in out.iterdir()) == ["recipe.json"]
     assert json.loads((out / "recipe.json").read_text())["model"]["name"] == str(lab / "models" / "tiny")
@@ -289,7 +290,7 @@ def test_missing_identify_output_names_the_file(lab):
     from tnedit.recipes import RecipeRunner
 
     r = load_recipe(recipe(lab))
-    runner = RecipeRunner(r, quiet=True)
+    runner = RecipeRunner(r, reporter=NullReporter())
     with pytest.raises(RecipeError, match=r"wrote no .*neurons-ja-type1\.json"):
         runner._neuron_file(r.edits[0])
 
@@ -305,7 +306,7 @@ def edited_checkpoint(tiny_model, tmp_path_factory) -> Path:
     from tnedit.formats.neurons import Neuron
 
     out = tmp_path_factory.mktemp("hostile-push") / "edited"
-    apply_to_checkpoint(str(tiny_model), make_edit_spec([Neuron(0, 1)]), out, progress=False)
+    apply_to_checkpoint(str(tiny_model), make_edit_spec([Neuron(0, 1)]), out, reporter=NullReporter())
     return out
 
 

@@ -27,9 +27,10 @@ import yaml
 
 from tests.hostile import run_cli
 from tests.tiny import make_tiny
+from tnedit.errors import CheckpointError, HubError, InputError, TneditWarning
 from tnedit.formats.card import read_front_matter
-from tnedit.errors import CheckpointError, HubError, InputError
 from tnedit.hub import PushSettings, git_blob_sha1, push_checkpoint
+from tnedit.reporting import NullReporter
 
 TOKEN = "hf_test_SECRET_token"
 MAX_BODY = 64 * 1024 * 1024
@@ -341,14 +342,14 @@ ROUTES = [
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny llama with a licensed source card, and its edit (neuron 0:1 zeroed), built once."""
-    from tnedit.edit import apply_to_checkpoint, make_edit_spec
-    from tnedit.formats.neurons import Neuron
+    from tnedit.cli import main
 
     root = tmp_path_factory.mktemp("hub")
     src = make_tiny("llama", root)
     (src / "README.md").write_text(SOURCE_CARD, encoding="utf-8")
     out = root / "edited"
-    apply_to_checkpoint(str(src), make_edit_spec([Neuron(0, 1)]), out, command="tnedit apply", progress=False)
+    main(["apply", str(src), "--neurons", "0:1", "-o", str(out)])  # through the CLI, as a user makes one
+    assert (out / "tnedit.json").is_file()
     return src, out
 
 
@@ -388,7 +389,7 @@ def lib_push(edited: Path, hub: StandIn, repo: str = "user/tiny", **kwargs) -> o
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=hub.url, token=TOKEN)
-    return push_checkpoint(PushSettings(dir=edited, repo=repo, **kwargs), api=api, progress=False)
+    return push_checkpoint(PushSettings(dir=edited, repo=repo, **kwargs), api=api, reporter=NullReporter())
 
 
 # --- tests --------------------------------------------------------------------------------------
@@ -520,7 +521,8 @@ def test_not_a_tnedit_checkpoint(checkpoints, tmp_path, hub):
 
 def test_missing_card_is_regenerated_with_the_licence(edited, hub):
     (edited / "README.md").unlink()
-    result = lib_push(edited, hub)
+    with pytest.warns(TneditWarning, match="README.md was missing; regenerated"):
+        result = lib_push(edited, hub)
     assert result.card == "regenerated" and result.verified
     card = hub.uploaded()["README.md"].decode()
     meta = read_front_matter(card)
@@ -532,7 +534,8 @@ def test_missing_card_is_regenerated_with_the_licence(edited, hub):
 
 def test_incomplete_card_metadata_is_completed(edited, hub):
     (edited / "README.md").write_text("---\ntags:\n- mine\n---\n# My notes\n", encoding="utf-8")
-    result = lib_push(edited, hub)
+    with pytest.warns(TneditWarning, match="front matter: no base_model"):
+        result = lib_push(edited, hub)
     assert result.card == "repaired"
     card = hub.uploaded()["README.md"].decode()
     meta = read_front_matter(card)
@@ -570,7 +573,7 @@ def test_network_failure(edited, hub):
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     api = HfApi(endpoint=dead, token=TOKEN)
     with pytest.raises(HubError, match=r"network failure talking to http://127\.0\.0\.1:\d+ for user/tiny"):
-        push_checkpoint(PushSettings(dir=edited, repo="user/tiny"), api=api, progress=False)
+        push_checkpoint(PushSettings(dir=edited, repo="user/tiny"), api=api, reporter=NullReporter())
 
 
 def test_large_uses_upload_large_folder_when_available(edited, hub):
@@ -589,12 +592,13 @@ def test_large_uses_upload_large_folder_when_available(edited, hub):
             )
 
     api = LargeApi(endpoint=hub.url, token=TOKEN)
-    result = push_checkpoint(PushSettings(dir=edited, repo="user/big", large=True), api=api, progress=False)
+    result = push_checkpoint(PushSettings(dir=edited, repo="user/big", large=True), api=api, reporter=NullReporter())
     assert LargeApi.calls and LargeApi.calls[0]["ignore_patterns"] == ["README.md"]
     assert result.verified and result.commit == hub.head("user/big").oid
     assert set(hub.commits[hub.client_commits[-1]].added) == {"README.md"}
     # without upload_large_folder (huggingface_hub 2.x) --large falls back to upload_folder with a note
-    fallback = lib_push(edited, hub, repo="user/big2", large=True)
+    with pytest.warns(TneditWarning, match="no upload_large_folder"):
+        fallback = lib_push(edited, hub, repo="user/big2", large=True)
     assert fallback.verified and any("upload_large_folder" in n for n in fallback.notes)
 
 

@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from tests.tiny import TINY_TYPES, make_tiny
-from tnedit import identify as lib
-from tnedit import lape, stats
 from tnedit.architectures import decoder_layers, resolve_module
-from tnedit.model.capture import last_token_states
+from tnedit.errors import InputError, TneditError, TneditWarning
+from tnedit.formats.neurons import Method, Neuron, NeuronSet, load_neurons, parse_layers
+from tnedit.formats.scores import ScoresFile
+from tnedit.identify import lape, scoring, stats
+from tnedit.identify.controls import compare, model_shape, random_control
+from tnedit.identify.passes import compute_centroids, score_neurons
+from tnedit.identify.pipeline import run_identify
+from tnedit.identify.resume import RESUME_DIR
+from tnedit.identify.scoring import LayerScorer, brute_force_scores
+from tnedit.identify.selection import select_from_scores, select_top
+from tnedit.identify.settings import IdentifySettings, default_layers, parse_languages, parse_types
 from tnedit.model.loading import load_model
-from tnedit.errors import InputError, TneditError
-from tnedit.formats.neurons import Method, Neuron, NeuronSet, load_neurons
+from tnedit.reporting import NullReporter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,10 +106,15 @@ def models(tmp_path_factory):
     return get
 
 
-def settings(**kw) -> lib.IdentifySettings:
-    base = dict(model="tiny", langs=["ja"], type="both", k=20, batch_size=4, quiet=True)
+def settings(**kw) -> IdentifySettings:
+    base = dict(model="tiny", langs=["ja"], type="both", k=20, batch_size=4)
     base.update(kw)
-    return lib.IdentifySettings(**base)
+    return IdentifySettings(**base)
+
+
+def identify(identify_settings: IdentifySettings, **kw):
+    """run_identify without progress bars (warnings still reach :mod:`warnings`)."""
+    return run_identify(identify_settings, reporter=NullReporter(), **kw)
 
 
 # --- independent reference ----------------------------------------------------------------------
@@ -173,7 +185,7 @@ def brute_scores(lm, sentences, centroids: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2", "gpt_neox", "cohere"])
 def test_scores_equal_brute_force(models, name):
     _, lm = models(name)
-    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    res = identify(settings(), lm=lm, corpus=CORPUS)
     st = res.stats["ja"]
     for t in (1, 2):
         expected = brute_scores(lm, JA, st.centroids[t])
@@ -202,12 +214,12 @@ def test_every_registry_type_scores_exactly(models, name):
                 contrib = contrib * st.out_scale[layer].double()
             np.testing.assert_allclose((st.h[layer].double() - st.r[layer].double()).numpy(), contrib.numpy(),
                                        atol=2e-6 * float(st.h[layer].abs().max()) + 1e-6)
-            scorer = lib.LayerScorer(lm, layer, {1: torch.ones(lm.hidden_size, dtype=torch.float64)})
+            scorer = LayerScorer(lm, layer, {1: torch.ones(lm.hidden_size, dtype=torch.float64)})
             scorer.update(st.r[layer], st.a[layer], st.out_scale.get(layer))
             ones = torch.ones(lm.hidden_size)
-            ref = lib.brute_force_scores(st.r[layer], st.a[layer], v, ones, st.out_scale.get(layer))
+            ref = brute_force_scores(st.r[layer], st.a[layer], v, ones, st.out_scale.get(layer))
             np.testing.assert_allclose((scorer.sums[1] / scorer.count).numpy(), ref.numpy(), atol=1e-6)
-    res = lib.identify(settings(k=10, eta2=False), lm=lm, corpus=CORPUS)
+    res = identify(settings(k=10, eta2=False), lm=lm, corpus=CORPUS)
     assert len(res.neuron_sets[("ja", 1)]) == 10 and np.isfinite(res.stats["ja"].scores[1]).all()
 
 
@@ -223,27 +235,27 @@ def test_half_precision_scores(tmp_path, monkeypatch):
         st = cap.run(batch)
     c = torch.linspace(-1, 1, lm.hidden_size, dtype=torch.float64)
     for layer in range(lm.num_layers):
-        scorer = lib.LayerScorer(lm, layer, {2: c})
+        scorer = LayerScorer(lm, layer, {2: c})
         scorer.update(st.r[layer], st.a[layer], st.out_scale[layer])
-        ref = lib.brute_force_scores(st.r[layer], st.a[layer], lm.out_proj(layer).weight, c, st.out_scale[layer])
+        ref = brute_force_scores(st.r[layer], st.a[layer], lm.out_proj(layer).weight, c, st.out_scale[layer])
         np.testing.assert_allclose((scorer.sums[2] / scorer.count).numpy(), ref.numpy(), atol=1e-8, rtol=1e-4)
-    monkeypatch.setattr(lib, "_room_for", lambda device, nbytes: False)  # no cache of squared weights
-    scorer = lib.LayerScorer(lm, 1, {2: c})
+    monkeypatch.setattr(scoring, "_room_for", lambda device, nbytes: False)  # no cache of squared weights
+    scorer = LayerScorer(lm, 1, {2: c})
     assert scorer.v2 is None
     scorer.update(st.r[1], st.a[1], st.out_scale[1])
-    ref = lib.brute_force_scores(st.r[1], st.a[1], lm.out_proj(1).weight, c, st.out_scale[1])
+    ref = brute_force_scores(st.r[1], st.a[1], lm.out_proj(1).weight, c, st.out_scale[1])
     np.testing.assert_allclose((scorer.sums[2] / scorer.count).numpy(), ref.numpy(), atol=1e-8, rtol=1e-4)
     x = torch.randn(5, lm.hidden_size, dtype=torch.float64)
     w = lm.out_proj(0).weight.detach()
-    np.testing.assert_allclose(lib._matmul(x, w).numpy(), (x @ w.double()).numpy(), rtol=1e-5, atol=1e-6)
-    res = lib.identify(settings(k=10), lm=lm, corpus=CORPUS)
+    np.testing.assert_allclose(scoring._matmul(x, w).numpy(), (x @ w.double()).numpy(), rtol=1e-5, atol=1e-6)
+    res = identify(settings(k=10), lm=lm, corpus=CORPUS)
     assert res.neuron_sets[("ja", 1)].method.dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2"])
 def test_centroids_equal_hand_computation(models, name):
     _, lm = models(name)
-    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    res = identify(settings(), lm=lm, corpus=CORPUS)
     num = lm.num_layers
     last_layer_out = {}
     hook = decoder_layers(lm.model, lm.arch)[num - 1].register_forward_hook(
@@ -269,18 +281,18 @@ def test_centroids_equal_hand_computation(models, name):
 
 def test_library_passes_match_identify(models):
     _, lm = models("gemma3_text")
-    res = lib.identify(settings(), lm=lm, corpus=CORPUS)
-    cents = lib.compute_centroids(lm, EN, JA, batch_size=4)
+    res = identify(settings(), lm=lm, corpus=CORPUS)
+    cents = compute_centroids(lm, EN, JA, batch_size=4)
     np.testing.assert_allclose(cents["shared"], res.stats["ja"].centroids[1], atol=1e-9)
-    scores = lib.score_neurons(lm, JA, {1: cents["shared"], 2: cents["l2"]}, layers=[1, 3], batch_size=4)
+    scores = score_neurons(lm, JA, {1: cents["shared"], 2: cents["l2"]}, layers=[1, 3], batch_size=4)
     np.testing.assert_allclose(scores[1][[1, 3]], res.stats["ja"].scores[1][[1, 3]], atol=1e-9)
     assert np.isnan(scores[1][0]).all()
 
 
 def test_batch_size_invariance(models):
     _, lm = models("llama")
-    a = lib.identify(settings(batch_size=1), lm=lm, corpus=CORPUS).stats["ja"]
-    b = lib.identify(settings(batch_size=7), lm=lm, corpus=CORPUS).stats["ja"]
+    a = identify(settings(batch_size=1), lm=lm, corpus=CORPUS).stats["ja"]
+    b = identify(settings(batch_size=7), lm=lm, corpus=CORPUS).stats["ja"]
     for t in (1, 2):
         np.testing.assert_allclose(a.scores[t], b.scores[t], rtol=0, atol=1e-5)
         np.testing.assert_allclose(a.centroids[t], b.centroids[t], rtol=1e-5, atol=1e-5)
@@ -288,8 +300,8 @@ def test_batch_size_invariance(models):
 
 def test_determinism(models):
     _, lm = models("gpt2")
-    a = lib.identify(settings(), lm=lm, corpus=CORPUS)
-    b = lib.identify(settings(), lm=lm, corpus=CORPUS)
+    a = identify(settings(), lm=lm, corpus=CORPUS)
+    b = identify(settings(), lm=lm, corpus=CORPUS)
     for t in (1, 2):
         assert np.array_equal(a.stats["ja"].scores[t], b.stats["ja"].scores[t])
         assert a.neuron_sets[("ja", t)].to_dict() == b.neuron_sets[("ja", t)].to_dict()
@@ -297,7 +309,7 @@ def test_determinism(models):
 
 def test_type_selection_and_layers(models):
     _, lm = models("llama")
-    res = lib.identify(settings(type=1, k=30), lm=lm, corpus=CORPUS)
+    res = identify(settings(type=1, k=30), lm=lm, corpus=CORPUS)
     ns = res.neuron_sets[("ja", 1)]
     assert list(res.neuron_sets) == [("ja", 1)]
     assert len(ns) == 30 and ns.method.layers == [0, 1, 2]  # round(0.625 * 4) = 3 (half up)
@@ -307,7 +319,7 @@ def test_type_selection_and_layers(models):
     # globally ranked: the k-th best score of the candidate layers is the cut-off
     flat = np.sort(res.stats["ja"].scores[1][:3].astype(np.float32).ravel())[::-1]
     assert scores[-1] == pytest.approx(float(flat[29]))
-    res2 = lib.identify(settings(type=2, k=10, layers="1,3"), lm=lm, corpus=CORPUS)
+    res2 = identify(settings(type=2, k=10, layers="1,3"), lm=lm, corpus=CORPUS)
     assert {n.layer for n in res2.neuron_sets[("ja", 2)].neurons} <= {1, 3}
     # the other type's scores come free from the same passes
     np.testing.assert_allclose(res2.scores("ja", 1), res.scores("ja", 1), atol=1e-12)
@@ -316,17 +328,17 @@ def test_type_selection_and_layers(models):
 
 def test_k_larger_than_candidates_is_capped_with_warning(models):
     _, lm = models("llama")
-    with pytest.warns(lib.IdentifyWarning, match="exceeds the 64 candidate"):
-        res = lib.identify(settings(type=2, k=5000), lm=lm, corpus=CORPUS)
+    with pytest.warns(TneditWarning, match="exceeds the 64 candidate"):
+        res = identify(settings(type=2, k=5000), lm=lm, corpus=CORPUS)
     assert len(res.neuron_sets[("ja", 2)]) == 64  # Type-2 of 4 layers = layer 3 only
 
 
 def test_two_languages_share_english_pass(models):
     _, lm = models("llama")
     calls = []
-    res = lib.identify(settings(langs=["ja", "ko"]), lm=lm, corpus=CORPUS,
+    res = identify(settings(langs=["ja", "ko"]), lm=lm, corpus=CORPUS,
                        on_batch=lambda name, done, total: calls.append(name))
-    single = lib.identify(settings(langs=["ko"]), lm=lm, corpus=CORPUS)
+    single = identify(settings(langs=["ko"]), lm=lm, corpus=CORPUS)
     assert set(res.neuron_sets) == {("ja", 1), ("ja", 2), ("ko", 1), ("ko", 2)}
     # ko's centroid pass reuses ja's English sums: it runs over the 12 ko sentences only
     assert calls.count("ko:centroids") == 3 and calls.count("ja:centroids") == 6
@@ -339,7 +351,7 @@ def test_two_languages_share_english_pass(models):
 def test_outputs_and_select_equal_identify(models, tmp_path):
     _, lm = models("gemma3_text")
     out = tmp_path / "out"
-    res = lib.identify(settings(output=out, k=25), lm=lm, corpus=CORPUS)
+    res = identify(settings(output=out, k=25), lm=lm, corpus=CORPUS)
     assert sorted(p.name for p in out.iterdir()) == ["neurons-ja-type1.json", "neurons-ja-type2.json",
                                                       "scores-ja.safetensors"]
     ns = load_neurons(out / "neurons-ja-type1.json")
@@ -348,27 +360,27 @@ def test_outputs_and_select_equal_identify(models, tmp_path):
     assert ns.method.data["n_pairs"] == 12 and ns.method.data["sha256"] == CORPUS.sha256
     assert ns.model.fingerprint == lm.fingerprint() and ns.method.tokenizer["adds_bos"] is True
     assert len(ns.method.extra["eta2"]) == 25 and 0 <= ns.method.extra["eta2_share"] <= 1
-    sf = lib.load_scores(out / "scores-ja.safetensors")
+    sf = ScoresFile.load(out / "scores-ja.safetensors")
     assert sf.scores[1].shape == (4, 64) and sf.candidate_layers == {1: [0, 1, 2], 2: [3]}
     assert sf.language == "ja" and sf.model.name_or_path == lm.name_or_path
     for t in (1, 2):
-        again = lib.select_from_scores(sf, t, 25)
+        again = select_from_scores(sf, t, 25)
         assert [n.key for n in again.neurons] == [n.key for n in res.neuron_sets[("ja", t)].neurons]
         assert again.to_dict() == res.neuron_sets[("ja", t)].to_dict()
         assert again.sha256() == load_neurons(out / f"neurons-ja-type{t}.json").sha256()
     assert res.set_files[("ja", 1)] == out / "neurons-ja-type1.json"
-    smaller = lib.select_from_scores(sf, 1, 10)
+    smaller = select_from_scores(sf, 1, 10)
     assert [n.key for n in smaller.neurons] == [n.key for n in res.neuron_sets[("ja", 1)].neurons[:10]]
-    other = lib.select_from_scores(sf, 1, 10, layers="3")
+    other = select_from_scores(sf, 1, 10, layers="3")
     assert {n.layer for n in other.neurons} == {3}
     with pytest.raises(InputError, match="type 3"):
-        lib.select_from_scores(sf, 3, 10)
+        select_from_scores(sf, 3, 10)
 
 
 @pytest.mark.parametrize("stop_in", ["ja:centroids", "ja:scores", "ko:scores"])
 def test_resume_equals_uninterrupted(models, tmp_path, stop_in):
     _, lm = models("gemma3_text")
-    full = lib.identify(settings(langs=["ja", "ko"], output=tmp_path / "full"), lm=lm, corpus=CORPUS)
+    full = identify(settings(langs=["ja", "ko"], output=tmp_path / "full"), lm=lm, corpus=CORPUS)
 
     class Crash(Exception):
         pass
@@ -379,18 +391,18 @@ def test_resume_equals_uninterrupted(models, tmp_path, stop_in):
 
     out = tmp_path / "resumed"
     with pytest.raises(Crash):
-        lib.identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
-    state = json.loads((out / lib.CHECKPOINT_DIR / "state.json").read_text())
+        identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
+    state = json.loads((out / RESUME_DIR / "state.json").read_text())
     assert state["current"] == stop_in and state["batches_done"] == 2
     seen = []
-    resumed = lib.identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1, resume=True), lm=lm,
+    resumed = identify(settings(langs=["ja", "ko"], output=out, checkpoint_every=1, resume=True), lm=lm,
                            corpus=CORPUS, on_batch=lambda n, d, t: seen.append((n, d)))
     assert (stop_in, 1) not in seen and (stop_in, 3) in seen  # batches 1-2 were not recomputed
     for lang in ("ja", "ko"):
         for t in (1, 2):
             assert np.array_equal(full.stats[lang].scores[t], resumed.stats[lang].scores[t])
             assert (full.neuron_sets[(lang, t)].neurons == resumed.neuron_sets[(lang, t)].neurons)
-    assert not (out / lib.CHECKPOINT_DIR).exists()  # cleaned up after success
+    assert not (out / RESUME_DIR).exists()  # cleaned up after success
 
 
 def test_resume_with_other_settings_is_refused(models, tmp_path):
@@ -401,39 +413,39 @@ def test_resume_with_other_settings_is_refused(models, tmp_path):
 
     out = tmp_path / "o"
     with pytest.raises(KeyboardInterrupt):
-        lib.identify(settings(output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
+        identify(settings(output=out, checkpoint_every=1), lm=lm, corpus=CORPUS, on_batch=crash)
     with pytest.raises(InputError, match="batch_size"):
-        lib.identify(settings(output=out, batch_size=5, resume=True), lm=lm, corpus=CORPUS)
-    with pytest.warns(lib.IdentifyWarning, match="no checkpoint"):
-        lib.identify(settings(output=tmp_path / "fresh", resume=True), lm=lm, corpus=CORPUS)
+        identify(settings(output=out, batch_size=5, resume=True), lm=lm, corpus=CORPUS)
+    with pytest.warns(TneditWarning, match="no checkpoint"):
+        identify(settings(output=tmp_path / "fresh", resume=True), lm=lm, corpus=CORPUS)
 
 
 # --- parsing ------------------------------------------------------------------------------------
 
 
 def test_parse_layers():
-    assert lib.parse_layers("0-11", 32) == list(range(12))
-    assert lib.parse_layers("0,3,5-7", 32) == [0, 3, 5, 6, 7]
-    assert lib.parse_layers("0.0:0.625", 32) == list(range(20))
-    assert lib.parse_layers("0.625:1", 32) == list(range(20, 32))
-    assert lib.parse_layers(None, 32) is None
-    assert lib.default_layers(1, 32) == list(range(20)) and lib.default_layers(2, 32) == list(range(20, 32))
-    assert lib.default_layers(1, 18) == list(range(11))
+    assert parse_layers("0-11", 32) == list(range(12))
+    assert parse_layers("0,3,5-7", 32) == [0, 3, 5, 6, 7]
+    assert parse_layers("0.0:0.625", 32) == list(range(20))
+    assert parse_layers("0.625:1", 32) == list(range(20, 32))
+    assert parse_layers(None, 32) is None
+    assert default_layers(1, 32) == list(range(20)) and default_layers(2, 32) == list(range(20, 32))
+    assert default_layers(1, 18) == list(range(11))
     for bad, msg in [("0-40", "out of range"), ("a", "not a layer"), ("5-2", "backwards"), ("0.7:0.2", "fraction"),
                      ("", "empty")]:
         with pytest.raises(InputError, match=msg):
-            lib.parse_layers(bad, 32)
-    assert lib.parse_types("both") == [1, 2] and lib.parse_types(2) == [2]
+            parse_layers(bad, 32)
+    assert parse_types("both") == [1, 2] and parse_types(2) == [2]
     with pytest.raises(InputError, match="--type"):
-        lib.parse_types("3")
-    assert lib.parse_languages(["ja,ko", "it", "ja"]) == ["ja", "ko", "it"]
+        parse_types("3")
+    assert parse_languages(["ja,ko", "it", "ja"]) == ["ja", "ko", "it"]
 
 
 def test_select_top_ties_and_nan():
     scores = np.array([[0.5, np.nan, 0.5], [0.9, 0.1, 0.5]])
-    got = lib.select_top(scores, [0, 1], 4)
+    got = select_top(scores, [0, 1], 4)
     assert [n.key for n in got] == [(1, 0), (0, 0), (0, 2), (1, 2)]
-    assert [n.key for n in lib.select_top(scores, [0], 3)] == [(0, 0), (0, 2), (0, 1)]
+    assert [n.key for n in select_top(scores, [0], 3)] == [(0, 0), (0, 2), (0, 1)]
 
 
 # --- controls, LAPE, compare, η² ----------------------------------------------------------------
@@ -446,19 +458,19 @@ def _like_set() -> NeuronSet:
 
 def test_random_control_properties():
     like = _like_set()
-    a = lib.random_control(like, 4, 64, seed=42)
-    b = lib.random_control(like, 4, 64, seed=42)
-    c = lib.random_control(like, 4, 64, seed=7)
+    a = random_control(like, 4, 64, seed=42)
+    b = random_control(like, 4, 64, seed=42)
+    c = random_control(like, 4, 64, seed=7)
     assert len(a) == len(like) == 60 and a.neurons == b.neurons and a.neurons != c.neurons
     assert {n.layer for n in a.neurons} <= {0, 1, 2}
     assert not (a.keys() & like.keys()) and len(a.keys()) == 60
     assert a.method.kind == "random" and a.method.seed == 42 and a.method.layers == [0, 1, 2]
-    matched = lib.random_control(like, 4, 64, seed=1, match_layers=True)
+    matched = random_control(like, 4, 64, seed=1, match_layers=True)
     assert matched.per_layer_counts() == like.per_layer_counts()
     with pytest.raises(TneditError, match="only"):
-        lib.random_control(like, 4, 64, seed=1, k=3 * 64)
+        random_control(like, 4, 64, seed=1, k=3 * 64)
     with pytest.raises(TneditError, match="out of range"):
-        lib.random_control(like, 2, 64, seed=1)
+        random_control(like, 2, 64, seed=1)
 
 
 def test_lape_on_toy_probabilities():
@@ -468,7 +480,7 @@ def test_lape_on_toy_probabilities():
         [[0.2, 0.95], [0.6, 0.7], [0.8, 0.85]],
     ])
     # 75% quantile, torch.kthvalue style: k = round(12 * .75) = 9 → 9th smallest = 0.8
-    sel = lape.lape(p, ["en", "ja"], top_rate=2 / 6, filter_rate=0.75, bar_rate=0.75)
+    sel = lape.select_language_specific(p, ["en", "ja"], top_rate=2 / 6, filter_rate=0.75, bar_rate=0.75)
     assert sel.filter_value == 0.8 and sel.bar_value == 0.8
 
     def h(x):
@@ -481,7 +493,7 @@ def test_lape_on_toy_probabilities():
     assert [n.key for n in sel.neurons["en"]] == [(0, 0)]
     assert [n.key for n in sel.neurons["ja"]] == [(1, 0)]
     assert sel.neurons["ja"][0].score == pytest.approx(h([0.2, 0.95]))
-    wider = lape.lape(p, ["en", "ja"], layers=[4, 7], top_rate=0.5, filter_rate=0.75, bar_rate=0.75)
+    wider = lape.select_language_specific(p, ["en", "ja"], layers=[4, 7], top_rate=0.5, filter_rate=0.75, bar_rate=0.75)
     assert [n.key for n in wider.neurons["ja"]] == [(7, 0), (7, 2)]  # 0.85 > 0.8; en's 0.8 is not
     assert [n.key for n in wider.neurons["en"]] == [(4, 0)]
 
@@ -508,7 +520,7 @@ def test_activation_probabilities_count_real_tokens(models):
 def test_compare_numbers():
     a = NeuronSet([Neuron(0, 1), Neuron(0, 2), Neuron(1, 3)])
     b = NeuronSet([Neuron(0, 2), Neuron(1, 3), Neuron(2, 4), Neuron(2, 5)])
-    cmp = lib.compare(a, b)
+    cmp = compare(a, b)
     assert (cmp.size_a, cmp.size_b, cmp.intersection) == (3, 4, 2)
     assert cmp.overlap == pytest.approx(2 / 3) and cmp.overlap_b == pytest.approx(0.5)
     assert cmp.jaccard == pytest.approx(2 / 5)
@@ -548,7 +560,7 @@ def test_pvalue_own_matches_scipy():
 
 def test_eta2_in_identify_equals_hand(models):
     _, lm = models("gpt2")
-    res = lib.identify(settings(type=1, k=15), lm=lm, corpus=CORPUS)
+    res = identify(settings(type=1, k=15), lm=lm, corpus=CORPUS)
     acts = np.stack([independent_states(lm, s)["a"][1].numpy() for s in EN + JA])
     labels = [0] * len(EN) + [1] * len(JA)
     expected = stats.eta_squared(acts, labels)
@@ -573,7 +585,7 @@ def test_bad_inputs_raise_input_errors(models, tmp_path):
     good = _tsv(tmp_path / "good.tsv", ["en", "ja"], [list(r) for r in zip(EN, JA, strict=True)])
 
     def run(**kw):
-        return lib.identify(settings(model=str(path), **kw), lm=lm)
+        return identify(settings(model=str(path), **kw), lm=lm)
 
     with pytest.raises(InputError, match="ko"):
         run(data=str(good), langs=["ko"])  # missing language column
@@ -603,22 +615,22 @@ def test_sentences_that_tokenize_to_nothing(models, tmp_path):
     rows[3][1] = "\u200b"  # the tiny tokenizer's normalizer deletes zero-width spaces
     bad = _tsv(tmp_path / "blank.tsv", ["en", "ja"], rows)
     with pytest.raises(InputError, match=r"blank.tsv.*zero tokens.*'ja'.*row\(s\) 4"):
-        lib.identify(settings(model=str(path), data=str(bad)), lm=lm)
+        identify(settings(model=str(path), data=str(bad)), lm=lm)
     rows = [list(r) for r in zip(EN, JA, strict=True)]
     rows[6] = rows[6][:1]  # a row without its Japanese half
     ragged = _tsv(tmp_path / "ragged.tsv", ["en", "ja"], rows)
     with pytest.raises(InputError, match="ragged.tsv, line 8"):
-        lib.identify(settings(model=str(path), data=str(ragged)), lm=lm)
+        identify(settings(model=str(path), data=str(ragged)), lm=lm)
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("\n".join(json.dumps({"en": e}) for e in EN) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="pairs.jsonl, line 1: missing key 'ja'"):
-        lib.identify(settings(model=str(path), data=str(jsonl)), lm=lm)
+        identify(settings(model=str(path), data=str(jsonl)), lm=lm)
 
 
 def test_unknown_model_shape_for_control(tmp_path):
     like = _like_set()
     with pytest.raises(InputError, match="model"):
-        lib.model_shape("not/a-local-model", like)
+        model_shape("not/a-local-model", like)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -700,6 +712,7 @@ def test_cli_errors_are_one_line(models, tmp_path, capsys):
 def test_real_gemma_type1_beats_random_control(tmp_path):
     """Zeroing the top Type-1 neurons lowers mid-layer en–ja similarity more than random ones do."""
     from tests.models import real_model_dir
+    from tnedit.evaluate.generation import last_token_states
 
     model_dir = real_model_dir("gemma3-270m")
     tsv = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba" / "en-ja.train.tsv"
@@ -709,9 +722,9 @@ def test_real_gemma_type1_beats_random_control(tmp_path):
     train, held = rows[:100], rows[900:940]
     lm = load_model(str(model_dir), dtype="float32", device="cpu")
     corpus = FakeCorpus({"en": [r[0] for r in train], "ja": [r[1].strip() for r in train]})
-    res = lib.identify(settings(model=str(model_dir), type=1, k=100, batch_size=16), lm=lm, corpus=corpus)
+    res = identify(settings(model=str(model_dir), type=1, k=100, batch_size=16), lm=lm, corpus=corpus)
     top = res.neuron_sets[("ja", 1)]
-    ctrl = lib.random_control(top, lm.num_layers, lm.intermediate_size, seed=0)
+    ctrl = random_control(top, lm.num_layers, lm.intermediate_size, seed=0)
     en = last_token_states(lm, [r[0] for r in held])
     ja = [r[1].strip() for r in held]
     mid = list(range(lm.num_layers // 4, (3 * lm.num_layers) // 4))

@@ -1,14 +1,13 @@
-"""Parallel sentences and QA items: the built-in data, TSV/JSONL files and (optionally) Hugging Face datasets.
+"""Parallel sentences: the built-in corpus, TSV/JSONL files and (optionally) Hugging Face datasets.
 
 Everything here is stdlib-only; the optional ``datasets`` package is imported only for ``hf:`` sources.
 Every failure the user can cause is a :class:`~tnedit.errors.CorpusError` whose one-line message names
-the source (file, line, language) and what was expected.
+the source (file, line, language) and what was expected. QA items live in :mod:`tnedit.qa`.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -17,33 +16,49 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tnedit.errors import CorpusError
+from tnedit.formats.digest import sha256_json_lines
 
 __all__ = [
     "BUILTIN_LANGUAGES",
     "BUILTIN_SOURCE",
+    "Corpus",
     "ParallelCorpus",
-    "QAItem",
     "builtin_corpus",
     "check_tokenizable",
     "load_corpus",
-    "load_qa",
 ]
 
 #: The columns of the built-in corpus (``tnedit/data/corpus.tsv``), in file order. English is the shared language.
 BUILTIN_LANGUAGES: tuple[str, ...] = ("en", "ja", "ko", "zh", "fr", "de", "es", "it", "nl", "ru")
 BUILTIN_SOURCE = "builtin"
 
-_DATA_DIR = Path(__file__).resolve().parent / "data"
-_BUILTIN_TSV = _DATA_DIR / "corpus.tsv"
-_BUILTIN_QA = _DATA_DIR / "qa.jsonl"
+_BUILTIN_TSV = Path(__file__).resolve().parent / "data" / "corpus.tsv"
 
 _TSV_SUFFIXES = (".tsv", ".txt")
 _JSONL_SUFFIXES = (".jsonl",)
 _LANG_CODE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 _SHOW_ROWS = 10  # how many offending row numbers an error message lists
+_DIGEST_HEADER = b"tnedit.corpus/1\n"
+
+
+class Corpus(Protocol):
+    """What identify, LAPE and evaluate read of a corpus (:class:`ParallelCorpus` and the tests' in-memory one)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def languages(self) -> Sequence[str]: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    def column(self, lang: str) -> list[str]: ...
+
+    def pairs(self, l1: str, l2: str) -> list[tuple[str, str]]: ...
 
 
 # --- the corpus -----------------------------------------------------------------------------------
@@ -51,16 +66,9 @@ _SHOW_ROWS = 10  # how many offending row numbers an error message lists
 
 def _content_sha256(languages: Sequence[str], columns: dict[str, Sequence[str]]) -> str:
     """SHA-256 over the languages and the rows, independent of where the data came from."""
-    h = hashlib.sha256()
-    h.update(b"tnedit.corpus/1\n")
-    h.update(json.dumps(list(languages), ensure_ascii=False).encode("utf-8"))
-    h.update(b"\n")
     cols = [columns[lang] for lang in languages]
-    n = len(cols[0]) if cols else 0
-    for i in range(n):
-        h.update(json.dumps([c[i] for c in cols], ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
+    rows = ([column[i] for column in cols] for i in range(len(cols[0]) if cols else 0))
+    return sha256_json_lines(_DIGEST_HEADER, [list(languages), *rows])
 
 
 @dataclass(frozen=True)
@@ -357,6 +365,32 @@ def builtin_corpus() -> ParallelCorpus:
     return _builtin()
 
 
+def _load_builtin(want: tuple[str, ...], limit: int | None) -> ParallelCorpus:
+    corpus = builtin_corpus()
+    if want:
+        missing = [lang for lang in want if lang not in corpus.languages]
+        if missing:
+            raise _missing_column(BUILTIN_SOURCE, missing, corpus.languages)
+        corpus = corpus.select(want)
+    if limit is not None and limit < len(corpus):
+        corpus = corpus.slice(0, limit)
+    return corpus
+
+
+def _load_file(shown: str, want: tuple[str, ...], limit: int | None) -> ParallelCorpus:
+    path = Path(shown).expanduser()
+    kind = _kind(path)
+    if kind not in ("tsv", "jsonl"):
+        if not path.exists():
+            raise CorpusError(f"{shown}: no such file")
+        raise CorpusError(
+            f"{shown}: unknown file type '{kind}'; expected .tsv or .txt (tab-separated, header row of "
+            "language codes), .jsonl (one {\"en\": ..., \"ja\": ...} object per line) or hf:NAME[:CONFIG]"
+        )
+    text = _read_text(path, shown)
+    return (_parse_tsv if kind == "tsv" else _parse_jsonl)(text, shown, want, limit)
+
+
 def load_corpus(
     data: str | os.PathLike[str] | None,
     languages: Sequence[str] | None = (),
@@ -377,29 +411,11 @@ def load_corpus(
         shown = BUILTIN_SOURCE if data is None else os.fspath(data)
         raise CorpusError(f"{shown}: limit must be a positive integer, got {limit!r}")
     if data is None or (isinstance(data, str) and data.strip() == BUILTIN_SOURCE and not Path(data).exists()):
-        corpus = builtin_corpus()
-        if want:
-            missing = [lang for lang in want if lang not in corpus.languages]
-            if missing:
-                raise _missing_column(BUILTIN_SOURCE, missing, corpus.languages)
-            corpus = corpus.select(want)
-        if limit is not None and limit < len(corpus):
-            corpus = corpus.slice(0, limit)
+        corpus = _load_builtin(want, limit)
     elif isinstance(data, str) and data.startswith("hf:"):
         corpus = _load_hf(data, want, limit)
     else:
-        shown = os.fspath(data)
-        path = Path(shown).expanduser()
-        kind = _kind(path)
-        if kind not in ("tsv", "jsonl"):
-            if not path.exists():
-                raise CorpusError(f"{shown}: no such file")
-            raise CorpusError(
-                f"{shown}: unknown file type '{kind}'; expected .tsv or .txt (tab-separated, header row of "
-                "language codes), .jsonl (one {\"en\": ..., \"ja\": ...} object per line) or hf:NAME[:CONFIG]"
-            )
-        text = _read_text(path, shown)
-        corpus = (_parse_tsv if kind == "tsv" else _parse_jsonl)(text, shown, want, limit)
+        corpus = _load_file(os.fspath(data), want, limit)
     need = min(min_rows, limit) if limit is not None else min_rows
     if len(corpus) < need:
         raise CorpusError(
@@ -409,7 +425,7 @@ def load_corpus(
     return corpus
 
 
-def check_tokenizable(corpus: ParallelCorpus, tokenizer: Any, languages: Iterable[str] | None = None) -> None:
+def check_tokenizable(corpus: Corpus, tokenizer: Any, languages: Iterable[str] | None = None) -> None:
     """Raise :class:`CorpusError` if any sentence of ``languages`` tokenizes to zero tokens."""
     langs = list(languages) if languages else list(corpus.languages)
     problems = []
@@ -424,111 +440,3 @@ def check_tokenizable(corpus: ParallelCorpus, tokenizer: Any, languages: Iterabl
             problems.append(f"{len(bad)} '{lang}' sentence(s) at row(s) {rows}")
     if problems:
         raise CorpusError(f"{corpus.source}: sentences that tokenize to zero tokens: {'; '.join(problems)}")
-
-
-# --- QA -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QAItem:
-    """One question in one language, with every acceptable short answer."""
-
-    id: str
-    question: str
-    answers: tuple[str, ...]
-
-
-def _mkqa_key(language: str, available: Iterable[str]) -> str | None:
-    avail = list(available)
-    for key in (language, language.lower(), language.replace("-", "_").lower()):
-        if key in avail:
-            return key
-    if language.lower() == "zh":  # MKQA spells Simplified Chinese zh_cn
-        for key in ("zh_cn", "zh-cn", "zh_CN"):
-            if key in avail:
-                return key
-    return None
-
-
-def _clean_answers(values: Iterable[Any]) -> tuple[str, ...]:
-    out: dict[str, None] = {}
-    for v in values:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = str(v)
-        if isinstance(v, str) and v.strip():
-            out[v.strip()] = None
-    return tuple(out)
-
-
-def _qa_item(obj: dict[str, Any], language: str, where: str, lineno: int) -> QAItem | None:
-    if "queries" in obj:  # MKQA
-        queries = obj.get("queries")
-        answers = obj.get("answers")
-        if not isinstance(queries, dict) or not isinstance(answers, dict):
-            raise CorpusError(f"{where}, line {lineno}: MKQA 'queries' and 'answers' must be objects keyed by language")
-        key = _mkqa_key(language, queries)
-        if key is None:
-            raise CorpusError(
-                f"{where}, line {lineno}: no '{language}' query (available: {', '.join(queries)})"
-            )
-        question = queries[key]
-        raw = answers.get(key) or answers.get(_mkqa_key(language, answers) or "", [])
-        texts: list[Any] = []
-        for a in raw if isinstance(raw, list) else [raw]:
-            if isinstance(a, dict):
-                texts.append(a.get("text"))
-                texts.extend(a.get("aliases") or [])
-            else:
-                texts.append(a)
-        ident = obj.get("example_id", obj.get("id", f"line{lineno}"))
-    else:
-        entry = obj.get(language)
-        if entry is None:
-            langs = [k for k, v in obj.items() if isinstance(v, dict)]
-            if not langs:
-                raise CorpusError(
-                    f"{where}, line {lineno}: expected {{\"id\": ..., \"{language}\": {{\"question\": ..., "
-                    "\"answers\": [...]}}}} or MKQA's {\"queries\": ..., \"answers\": ...}"
-                )
-            raise CorpusError(f"{where}, line {lineno}: no '{language}' entry (available: {', '.join(langs)})")
-        if not isinstance(entry, dict) or "question" not in entry:
-            raise CorpusError(f"{where}, line {lineno}: '{language}' must be {{\"question\": ..., \"answers\": [...]}}")
-        question = entry.get("question")
-        raw = entry.get("answers", [])
-        texts = raw if isinstance(raw, list) else [raw]
-        ident = obj.get("id", f"line{lineno}")
-    if not isinstance(question, str) or not question.strip():
-        raise CorpusError(f"{where}, line {lineno}: empty '{language}' question")
-    clean = _clean_answers(texts)
-    if not clean:
-        return None  # unanswerable (MKQA has many); skipped
-    return QAItem(str(ident), question.strip(), clean)
-
-
-def load_qa(path: str | os.PathLike[str] | None, language: str) -> list[QAItem]:
-    """QA items in ``language``: the built-in set (``path=None``) or a JSONL file.
-
-    A line is either tnedit's format ``{"id": ..., "en": {"question": ..., "answers": [...]}, ...}`` or
-    MKQA's ``{"example_id": ..., "queries": {lang: ...}, "answers": {lang: [{"text": ..., "aliases": [...]}]}}``.
-    Items without any answer text are skipped.
-    """
-    if path is None:
-        file, where = _BUILTIN_QA, "built-in QA set"
-    else:
-        where = os.fspath(path)
-        file = Path(where).expanduser()
-    text = _read_text(file, where)
-    items: list[QAItem] = []
-    for lineno, line in _lines(text):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{where}, line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise CorpusError(f"{where}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        item = _qa_item(obj, language, where, lineno)
-        if item is not None:
-            items.append(item)
-    if not items:
-        raise CorpusError(f"{where}: no QA items with answers for '{language}'")
-    return items

@@ -58,6 +58,8 @@ class _TqdmBar(ProgressBar):
 class Reporter:
     """Progress bars, log lines and warnings of one run. This base shows nothing and warns through :mod:`warnings`."""
 
+    shows_bars = False  # whether bar() draws anything: libraries with their own bars follow it
+
     def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
         return ProgressBar()
 
@@ -87,6 +89,8 @@ class NullReporter(Reporter):
 
 class TqdmReporter(Reporter):
     """tqdm bars and log lines on stderr; warnings through :mod:`warnings`."""
+
+    shows_bars = True
 
     def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
         from tqdm.auto import tqdm

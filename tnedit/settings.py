@@ -113,8 +113,10 @@ def describe_choices(choices: Sequence[Any]) -> str:
 
 def check_choice(value: Any, choices: Sequence[Any], where: str, error: type[InputError] = InputError) -> Any:
     """``value`` when it is one of ``choices`` (``"1"`` matches ``1``), else a one-line error naming ``where``."""
-    for choice in choices:
-        if value == choice or (not isinstance(value, bool) and str(value) == str(choice)):
+    for choice in choices:  # True is no 1 and 1.0 no 1 (a recipe's YAML): equal values of the same type only
+        if (type(value) is type(choice) and value == choice) or (
+            not isinstance(value, bool) and str(value) == str(choice)
+        ):
             return choice
     raise error(f"{where} must be {describe_choices(choices)}, got {value!r}")
 
@@ -152,7 +154,10 @@ def coerce(value: Any, tp: Any, where: str, error: type[InputError] = InputError
     if tp is Any:
         return value
     if origin is Literal:
-        return check_choice(value, typing.get_args(tp), where, error)
+        choices = typing.get_args(tp)
+        if all(isinstance(choice, str) for choice in choices):  # a YAML number names a text choice
+            value = coerce(value, str, where, error)
+        return check_choice(value, choices, where, error)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, tp, where, error)
     if dataclasses.is_dataclass(tp):

@@ -1,12 +1,26 @@
-"""`tnedit apply`, `tnedit revert`, `tnedit inspect`."""
+"""`tnedit apply`, `tnedit revert`, `tnedit inspect`: thin shells over :mod:`tnedit.edit`.
+
+The options of `apply` are generated from :class:`tnedit.edit.settings.ApplySettings` (a light,
+torch-free module); the library is imported inside the commands.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from tnedit.cli.options import command_line, emit, json_option, quiet_option, warn
+from tnedit.cli.options import (
+    command_line,
+    emit,
+    json_option,
+    quiet_option,
+    reporter_for,
+    settings_from_options,
+    settings_options,
+)
+from tnedit.edit.settings import ApplySettings
 
 
 def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -> (NeuronSet, label)
@@ -21,47 +35,30 @@ def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -
     return load_neurons(neurons_file), str(neurons_file)
 
 
+def _summary(result: Any) -> dict[str, Any]:
+    spec = result.spec
+    return {
+        "out": str(result.out),
+        "op": spec.op,
+        "factor": spec.factor,
+        "n_neurons": len(spec.neurons),
+        "per_layer": spec.per_layer_counts(),
+        "weights": result.provenance.to_dict()["weights"],
+    }
+
+
 @click.command(context_settings={"show_default": True})
 @click.argument("model")
 @click.argument("neurons_file", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
-@click.option(
-    "--neurons", "neurons_text", help='Neurons: a neurons file, or inline "LAYER:INDEX[:FACTOR],...".'
-)
-@click.option("--op", type=click.Choice(["zero", "scale"]), default="zero", help="What to do to each neuron.")
-@click.option("--factor", help="Scale factor for --op scale (per-neuron factors in the file override it).")
-@click.option("--top-k", type=int, help="Keep only the first K neurons within --layers of the (ranked) set.")
-@click.option(
-    "--layers", help="Keep only neurons in these layers (before --top-k picks the first K): 0-11, 0,3,5-7 or 0.0:0.5."
-)
-@click.option("--revision", help="Hub revision (branch, tag or commit) of MODEL.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--force", is_flag=True, help="Apply even if the neuron set was made for another model.")
-@click.option("--link", is_flag=True, help="Hardlink untouched weight files instead of copying them.")
+@settings_options(ApplySettings)
 @click.option(
     "--evaluate", "evaluate_lang", metavar="LANG", help="Then run `tnedit evaluate` for LANG into OUT/evaluation."
 )
 @click.option("--push-to-hub", "push_repo", metavar="REPO", help="Then upload OUT to this Hub repo.")
 @quiet_option
 @json_option
-def apply(
-    model,
-    neurons_file,
-    out,
-    neurons_text,
-    op,
-    factor,
-    top_k,
-    layers,
-    revision,
-    overwrite,
-    force,
-    link,
-    evaluate_lang,
-    push_repo,
-    quiet,
-    as_json,
-):
+def apply(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_json, **params):
     """Bake zeroing or scaling of NEURONS into MODEL's MLP output projection; write OUT.
 
     MODEL is a local directory or a Hub id. NEURONS_FILE is a neurons.json from `tnedit identify`,
@@ -74,38 +71,19 @@ def apply(
       tnedit apply google/gemma-3-270m neurons-ja-type1.json -o gemma-ja-t1 --top-k 200
       tnedit apply ./my-model --neurons "3:17,3:99,12:5" --op scale --factor 0.5 -o edited
     """
-    from tnedit.edit import apply_to_checkpoint, make_edit_spec
-    from tnedit.formats.neurons import parse_layers
+    from tnedit.edit import apply_to_checkpoint
 
-    neuron_set, where = _load_neuron_input(neurons_file, neurons_text)
-    layer_list = parse_layers(layers, neuron_set.model.num_layers if neuron_set.model else None) if layers else None
-    spec = make_edit_spec(neuron_set, op, factor, top_k=top_k, layers=layer_list)
+    settings = settings_from_options(ApplySettings, params, model=model, out=out, layers=params["layers"] or None)
+    reporter = reporter_for(quiet)
+    neuron_set, where = _load_neuron_input(neurons_file, settings.neurons)
+    spec = settings.edit_spec(neuron_set)
     if spec.duplicates:
         shown = ", ".join(f"{a}:{b}" for a, b in spec.duplicates[:5])
-        warn(f"{len(spec.duplicates)} duplicated neuron(s) merged ({shown})")
-    result = apply_to_checkpoint(
-        model,
-        spec,
-        out,
-        neuron_set=neuron_set,
-        neuron_source=where,
-        revision=revision,
-        overwrite=overwrite,
-        force=force,
-        link=link,
-        command=command_line(),
-        progress=not quiet,
-        warn=warn,
-        inputs=[neurons_file] if neurons_file else [],
-    )
-    summary = {
-        "out": str(result.out),
-        "op": spec.op,
-        "factor": spec.factor,
-        "n_neurons": len(spec.neurons),
-        "per_layer": spec.per_layer_counts(),
-        "weights": result.provenance["weights"],
-    }
+        reporter.warn(f"{len(spec.duplicates)} duplicated neuron(s) merged ({shown})")
+    options = settings.options(command=command_line(), inputs=[neurons_file] if neurons_file else [])
+    result = apply_to_checkpoint(model, spec, out, neuron_set=neuron_set, neuron_source=where, options=options,
+                                 reporter=reporter)
+    summary = _summary(result)
     if evaluate_lang:
         from tnedit.cli.evaluate import evaluate_after_apply
 
@@ -131,8 +109,35 @@ def revert(edited, out, overwrite, quiet, as_json):
     """
     from tnedit.edit import revert_checkpoint
 
-    path = revert_checkpoint(edited, out, overwrite=overwrite, progress=not quiet, warn=warn)
+    path = revert_checkpoint(edited, out, overwrite=overwrite, reporter=reporter_for(quiet))
     emit({"out": str(path)}, as_json, f"wrote {path}: original weights restored")
+
+
+def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
+    """The human-readable listing of `inspect`."""
+    lines = [f"{Path(neurons_file).name}: {len(neuron_set)} neurons"]
+    model, method = neuron_set.model, neuron_set.method
+    if model:
+        lines.append(
+            f"model:  {model.name_or_path} ({model.model_type}, {model.num_layers} layers × "
+            f"{model.intermediate_size})"
+        )
+    if method:
+        desc = f"method: {method.kind}"
+        if method.type:
+            desc += f" type-{method.type}"
+        if method.language:
+            desc += f" lang={method.language}"
+        if method.k:
+            desc += f" k={method.k}"
+        lines.append(desc)
+    lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
+    lines.append(f"top {min(top, len(neuron_set))}:")
+    lines.append("  rank  layer  index  score")
+    for rank, n in enumerate(neuron_set.neurons[:top], start=1):
+        score = "" if n.score is None else f"{n.score:.6g}"
+        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}")
+    return "\n".join(lines)
 
 
 @click.command()
@@ -146,36 +151,13 @@ def inspect(neurons_file, top, quiet, as_json):
 
     from tnedit.formats.neurons import load_neurons
 
-    ns = load_neurons(neurons_file)
-    counts = ns.per_layer_counts()
+    neuron_set = load_neurons(neurons_file)
     result = {
         "file": neurons_file,
-        "n_neurons": len(ns),
-        "model": asdict(ns.model) if ns.model else None,
-        "method": asdict(ns.method) if ns.method else None,
-        "per_layer": counts,
-        "top": [asdict(n) for n in ns.neurons[:top]],
+        "n_neurons": len(neuron_set),
+        "model": asdict(neuron_set.model) if neuron_set.model else None,
+        "method": asdict(neuron_set.method) if neuron_set.method else None,
+        "per_layer": neuron_set.per_layer_counts(),
+        "top": [asdict(n) for n in neuron_set.neurons[:top]],
     }
-    lines = [f"{Path(neurons_file).name}: {len(ns)} neurons"]
-    if ns.model:
-        lines.append(
-            f"model:  {ns.model.name_or_path} ({ns.model.model_type}, {ns.model.num_layers} layers × "
-            f"{ns.model.intermediate_size})"
-        )
-    if ns.method:
-        m = ns.method
-        desc = f"method: {m.kind}"
-        if m.type:
-            desc += f" type-{m.type}"
-        if m.language:
-            desc += f" lang={m.language}"
-        if m.k:
-            desc += f" k={m.k}"
-        lines.append(desc)
-    lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in counts.items()))
-    lines.append(f"top {min(top, len(ns))}:")
-    lines.append("  rank  layer  index  score")
-    for rank, n in enumerate(ns.neurons[:top], start=1):
-        score = "" if n.score is None else f"{n.score:.6g}"
-        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}")
-    emit(result, as_json, "\n".join(lines))
+    emit(result, as_json, _describe_neuron_set(neurons_file, neuron_set, top))

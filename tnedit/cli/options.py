@@ -62,6 +62,7 @@ class ClickReporter(TqdmReporter):
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
+        self.shows_bars = not quiet
 
     def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
         return ProgressBar() if self.quiet else super().bar(total, desc, unit, initial)
@@ -103,7 +104,7 @@ def _option(field: SettingField) -> Any:
             declarations = [f"{positive}/--no-{positive.lstrip('-')}", field.name]
         return click.option(*declarations, is_flag=True, default=bool(default), help=help_text)
     if field.info.multiple:
-        return click.option(*declarations, multiple=True, type=_click_type(field), help=help_text,
+        return click.option(*declarations, multiple=True, default=(), type=_click_type(field), help=help_text,
                             metavar=field.info.metavar)
     if isinstance(default, (list, tuple)):
         default = None

@@ -8,26 +8,22 @@ from typing import Any
 
 import click
 
-from tnedit.cli.options import emit, json_option, quiet_option, warn
+from tnedit.cli.options import emit, json_option, quiet_option, reporter_for, settings_from_options, settings_options
+from tnedit.hub import PushSettings
 
 
-def _progress(message: str) -> None:
-    click.echo(f"tnedit: {message}", err=True)
+def _endpoint(given: str | None) -> str | None:
+    """--endpoint, else $HF_ENDPOINT (read now, not when huggingface_hub was imported), else the Hub's default."""
+    return given or os.environ.get("HF_ENDPOINT") or None
 
 
 @click.command()
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.argument("repo")
-@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--revision", metavar="BRANCH", help="Upload to this branch; it is created from main if missing.")
-@click.option("--commit-message", "-m", help="Message of the upload commit (the model card follows in its own).")
-@click.option("--large", is_flag=True, help="Use huggingface_hub's resumable large-folder upload where it has one.")
-@click.option(
-    "--endpoint", envvar="HF_ENDPOINT", metavar="URL", help="Hub endpoint [default: $HF_ENDPOINT or huggingface.co]."
-)
+@settings_options(PushSettings)
 @quiet_option
 @json_option
-def push(directory, repo, private, revision, commit_message, large, endpoint, quiet, as_json):
+def push(directory: str, repo: str, quiet: bool, as_json: bool, **options: Any) -> None:
     """Upload DIR, a checkpoint written by `tnedit apply`, to the Hub repo REPO.
 
     DIR is checked first: every weight file must still have the SHA-256 recorded in tnedit.json,
@@ -41,27 +37,20 @@ def push(directory, repo, private, revision, commit_message, large, endpoint, qu
       tnedit push gemma-ja-t1 me/gemma-3-270m-ja-type1-zeroed --private
       tnedit push edited me/model --revision experiments -m "zero top-200 Type-1 ja neurons"
     """
-    from tnedit.hub import PushSettings, describe, push_checkpoint
+    from tnedit.hub import push_checkpoint
 
-    settings = PushSettings(
-        dir=directory,
-        repo=repo,
-        private=private,
-        revision=revision,
-        commit_message=commit_message,
-        large=large,
-        endpoint=endpoint or None,
+    settings = settings_from_options(
+        PushSettings, options, dir=directory, repo=repo, endpoint=_endpoint(options.get("endpoint"))
     )
-    result = push_checkpoint(settings, progress=not quiet, log=_progress, warn=warn)
-    emit(result.to_dict(), as_json, describe(result))
+    result = push_checkpoint(settings, reporter=reporter_for(quiet))
+    emit(result.to_dict(), as_json, result.describe())
 
 
 def push_after_apply(out_dir: str | Path, repo: str, quiet: bool = False) -> dict[str, Any]:
     """`tnedit apply --push-to-hub REPO`: push the directory apply just wrote; returns the result as a dict."""
-    from tnedit.hub import PushSettings, describe, push_checkpoint
+    from tnedit.hub import push_checkpoint
 
-    settings = PushSettings(dir=out_dir, repo=repo, endpoint=os.environ.get("HF_ENDPOINT") or None)
-    result = push_checkpoint(settings, progress=not quiet, log=_progress, warn=warn)
-    if not quiet:
-        _progress(describe(result))
+    reporter = reporter_for(quiet)
+    result = push_checkpoint(PushSettings(dir=out_dir, repo=repo, endpoint=_endpoint(None)), reporter=reporter)
+    reporter.log(f"tnedit: {result.describe()}")
     return result.to_dict()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from tnedit.cli.options import emit, json_option, quiet_option, warn
+from tnedit.cli.options import ClickReporter, emit, json_option, quiet_option, reporter_for
+
+
+class _JsonReporter(ClickReporter):
+    """``--json``: bars and warnings as usual, but no step lines (the JSON result lists the steps)."""
+
+    def log(self, message: str) -> None:
+        pass
 
 
 def _summary_table(headline: list[dict]) -> str:
@@ -63,15 +70,17 @@ def run(recipe, overrides, force, dry_run, quiet, as_json):
     """
     import json
 
-    from tnedit.recipes import RecipeRunner, check_inputs, load_recipe, recipe_to_dict
+    from tnedit.recipes import check_inputs, load_recipe, recipe_to_dict
 
     parsed = load_recipe(recipe, list(overrides))
     check_inputs(parsed, recipe)
     if dry_run:
         click.echo(json.dumps(recipe_to_dict(parsed), indent=2))
         return
-    log = (lambda _m: None) if quiet or as_json else (lambda m: click.echo(m, err=True))
-    result = RecipeRunner(parsed, force=force, quiet=quiet, log=log, warn=warn).run()
+    from tnedit.recipes import RecipeRunner
+
+    reporter = _JsonReporter(quiet) if as_json else reporter_for(quiet)
+    result = RecipeRunner(parsed, force=force, reporter=reporter).run()
     summary = {
         "recipe": parsed.name,
         "output": parsed.output,

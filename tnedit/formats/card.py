@@ -7,10 +7,13 @@ markers so later steps (evaluate, push) can replace them without touching the au
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?", re.S)
 
@@ -59,10 +62,10 @@ def update_card_section(card_path: str | Path, name: str, markdown: str) -> None
     write_text(path, replace_section(text, name, markdown))
 
 
-def base_model_id(source: dict[str, Any], source_meta: dict[str, Any]) -> str:
+def base_model_id(source: SourceRecord, source_meta: dict[str, Any]) -> str:
     """The Hub id of the base model: the source id, a Hub cache path's repo, or the source card's own."""
-    name = str(source["name_or_path"])
-    if source.get("is_hub"):
+    name = str(source.name_or_path)
+    if source.is_hub:
         return name
     match = re.search(r"models--([^/]+?)--([^/]+)", name)
     if match:
@@ -73,14 +76,13 @@ def base_model_id(source: dict[str, Any], source_meta: dict[str, Any]) -> str:
     return Path(name).name
 
 
-def _front_matter(provenance: dict[str, Any], source_meta: dict[str, Any]) -> dict[str, Any]:
-    src = provenance["source"]
-    method = (provenance.get("neuron_set") or {}).get("method") or {}
+def _front_matter(provenance: Provenance, source_meta: dict[str, Any]) -> dict[str, Any]:
+    method = provenance.neuron_set.method or {}
     tags = ["tnedit", "transfer-neurons", "neuron-editing", "multilingual"]
     for tag in source_meta.get("tags") or []:
         if tag not in tags:
             tags.append(tag)
-    meta: dict[str, Any] = {"base_model": base_model_id(src, source_meta)}
+    meta: dict[str, Any] = {"base_model": base_model_id(provenance.source, source_meta)}
     for key in ("license", "license_name", "license_link"):
         if source_meta.get(key) is not None:
             meta[key] = source_meta[key]
@@ -96,41 +98,62 @@ def _front_matter(provenance: dict[str, Any], source_meta: dict[str, Any]) -> di
     return meta
 
 
-def edit_table(provenance: dict[str, Any]) -> str:
-    edit = provenance["edit"]
+def edit_table(provenance: Provenance) -> str:
+    edit = provenance.edit
     lines = ["| layer | neurons edited |", "|---:|---:|"]
-    for layer, count in sorted(edit["per_layer"].items(), key=lambda kv: int(kv[0])):
+    for layer, count in sorted(edit.per_layer.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {layer} | {count} |")
-    lines.append(f"| **total** | **{edit['n_neurons']}** |")
+    lines.append(f"| **total** | **{edit.n_neurons}** |")
     return "\n".join(lines)
 
 
-def _describe_edit(provenance: dict[str, Any]) -> str:
-    edit = provenance["edit"]
-    src = provenance["source"]
-    ns = provenance.get("neuron_set") or {}
-    method = ns.get("method") or {}
-    what = "zeroed" if edit["op"] == "zero" else f"scaled by {edit['factor']:g}"
-    count = f"{edit['n_neurons']} MLP neuron{'s' if edit['n_neurons'] != 1 else ''}"
-    origin = ""
+def _origin(method: dict[str, Any]) -> str:
+    """Where the neurons came from, as the neuron set's method block says."""
     if method.get("kind") == "transfer":
-        origin = (
+        return (
             f" They are the top Type-{method.get('type')} transfer neurons for "
             f"`{method.get('language')}` (Tezuka & Inoue, EMNLP 2025), ranked by `tnedit identify`."
         )
-    elif method.get("kind") == "manual":
-        origin = " The neurons were listed by hand."
-    elif method.get("kind"):
-        origin = f" The neuron set was made by `tnedit identify` ({method.get('kind')})."
-    revision = f" at revision `{src['revision']}`" if src.get("revision") else ""
+    if method.get("kind") == "manual":
+        return " The neurons were listed by hand."
+    if method.get("kind"):
+        return f" The neuron set was made by `tnedit identify` ({method.get('kind')})."
+    return ""
+
+
+def _describe_edit(provenance: Provenance) -> str:
+    edit, src = provenance.edit, provenance.source
+    method = provenance.neuron_set.method or {}
+    what = "zeroed" if edit.op == "zero" else f"scaled by {edit.factor:g}"
+    count = f"{edit.n_neurons} MLP neuron{'s' if edit.n_neurons != 1 else ''}"
+    origin = _origin(method)
+    revision = f" at revision `{src.revision}`" if src.revision else ""
     return (
-        f"This checkpoint is `{src['name_or_path']}`{revision} with {count} "
-        f"{what} in the MLP output projection ({src['model_type']}, {src['num_layers']} layers).{origin} "
+        f"This checkpoint is `{src.name_or_path}`{revision} with {count} "
+        f"{what} in the MLP output projection ({src.model_type}, {src.num_layers} layers).{origin} "
         "Every other tensor is bit-identical to the base model."
     )
 
 
-def render_card(provenance: dict[str, Any], source_card: str | None) -> str:
+_PROVENANCE_TEXT = (
+    "`tnedit.json` records the source and its revision, the neuron set's SHA-256, the operation, "
+    "library versions, the command, the SHA-256 of every weight file and of the base model's "
+    "file it was made from, and the SHA-256 of the revert file. "
+    "`tnedit_revert.safetensors` holds the original values: `tnedit revert DIR -o OUT` restores "
+    "the base weights byte for byte and checks them against those digests."
+)
+
+
+def _edit_section(provenance: Provenance) -> str:
+    parts = [_describe_edit(provenance), "", "## Edit", "", edit_table(provenance), "", "## Semantics", "",
+             provenance.edit.semantics, "", "## Provenance", "", _PROVENANCE_TEXT]
+    return section("edit", "\n".join(parts))
+
+
+def render_card(provenance: Provenance | Mapping[str, Any], source_card: str | None) -> str:
+    """The model card of an edited checkpoint, from its provenance (a mapping as read from tnedit.json works too)."""
+    if not isinstance(provenance, Provenance):
+        provenance = Provenance.from_dict(provenance, PROVENANCE_NAME)
     source_meta = read_front_matter(source_card or "")
     meta = _front_matter(provenance, source_meta)
     body = [
@@ -138,32 +161,9 @@ def render_card(provenance: dict[str, Any], source_card: str | None) -> str:
         yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
-        f"# {Path(provenance['source']['name_or_path']).name} — neuron-edited with tnedit",
+        f"# {Path(provenance.source.name_or_path).name} — neuron-edited with tnedit",
         "",
-        section(
-            "edit",
-            "\n".join(
-                [
-                    _describe_edit(provenance),
-                    "",
-                    "## Edit",
-                    "",
-                    edit_table(provenance),
-                    "",
-                    "## Semantics",
-                    "",
-                    provenance["edit"]["semantics"],
-                    "",
-                    "## Provenance",
-                    "",
-                    "`tnedit.json` records the source and its revision, the neuron set's SHA-256, the operation, "
-                    "library versions, the command, the SHA-256 of every weight file and of the base model's "
-                    "file it was made from, and the SHA-256 of the revert file. "
-                    "`tnedit_revert.safetensors` holds the original values: `tnedit revert DIR -o OUT` restores "
-                    "the base weights byte for byte and checks them against those digests.",
-                ]
-            ),
-        ),
+        _edit_section(provenance),
     ]
     if source_card and strip_front_matter(source_card).strip():
         body += [

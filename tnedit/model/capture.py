@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from tnedit.model.batching import Batch, encode_batches, gather_last
+from tnedit.model.batching import Batch, gather_last
 from tnedit.model.hooks import HookSet
-from tnedit.model.loading import LoadedModel, resolve_max_length
+from tnedit.model.loading import LoadedModel
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -130,27 +130,3 @@ class LastTokenCapture:
             self.states.logits = out.logits
         return self.states
 
-
-def last_token_states(lm: LoadedModel, texts: Sequence[str], neurons: Any = None, batch_size: int = 16) -> torch.Tensor:
-    """[sentences, layers, hidden] raw decoder-layer outputs at the last token, float64.
-
-    ``neurons`` (a NeuronSet, or None) are zeroed at the last token only, as the paper's
-    representation analyses do; rows come back in the order of ``texts``. Sentences longer than the
-    model's context are cut to it (see :func:`resolve_max_length`).
-    """
-    from tnedit.edit import RuntimeEdit, make_edit_spec  # moves to evaluate/ (lateral until then)
-
-    layers = list(range(lm.num_layers))
-    spec = make_edit_spec(neurons) if neurons is not None else None
-    out: dict[int, torch.Tensor] = {}
-    with LastTokenCapture(lm, ["h"], layers) as cap:
-        for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device, resolve_max_length(lm, None)):
-            if spec is None:
-                states = cap.run(batch)
-            else:
-                with RuntimeEdit(lm.model, spec, positions="last", arch=lm.arch) as edit:
-                    edit.set_attention_mask(batch.attention_mask)
-                    states = cap.run(batch)
-            for j, row in enumerate(batch.rows):
-                out[row] = torch.stack([states.h[layer][j].double() for layer in layers])
-    return torch.stack([out[i] for i in range(len(texts))])

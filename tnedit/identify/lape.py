@@ -3,13 +3,12 @@
 Activation probability ``P[layer, neuron, language]`` is the share of all tokens of a language's text
 on which the neuron's gate is positive; neurons with the lowest entropy of P over languages are
 language-specific. The transfer-neurons paper reports that they overlap strongly with Type-2
-transfer neurons; :func:`tnedit.identify.compare` measures that overlap.
+transfer neurons; :func:`tnedit.identify.controls.compare` measures that overlap.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,50 +17,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from tnedit import __version__
-from tnedit.model.batching import encode_batches, encode_texts, num_batches
-from tnedit.model.loading import LoadedModel, dtype_name, load_model, resolve_max_length, stat_device
-from tnedit.reporting import NullReporter, TqdmReporter
+from tnedit.corpus import check_tokenizable, load_corpus
 from tnedit.errors import CorpusError, InputError
-from tnedit.identify import (
-    IdentifyWarning,
-    PassSettings,
-    check_output_directory,
-    parse_languages,
-    parse_layers,
-    save_neuron_set,
-)
-from tnedit.formats.neurons import Method, Neuron, NeuronSet
+from tnedit.formats.neurons import Method, Neuron, NeuronSet, parse_layers
+from tnedit.identify.outputs import check_output_directory, save_neuron_set
+from tnedit.identify.plan import Corpus
+from tnedit.identify.settings import LapeSettings
+from tnedit.model.batching import encode_batches, encode_texts, num_batches
+from tnedit.model.hooks import HookSet
+from tnedit.model.loading import LoadedModel, dtype_name, load_model, resolve_max_length, stat_device
+from tnedit.reporting import NullReporter, Reporter, resolve_reporter
+from tnedit.versions import __version__
 
 
-class _ActCounter:
+class ActivationCounter:
     """Hooks counting, per neuron, the real tokens where the act module's output is > 0."""
 
     def __init__(self, lm: LoadedModel, layers: Sequence[int]):
-        self.lm = lm
         self.layers = list(layers)
         self.counts = {
             layer: torch.zeros(lm.intermediate_size, dtype=torch.float64,
                                device=stat_device(lm.out_proj(layer).weight.device))
             for layer in self.layers
         }
-        self.valid: torch.Tensor | None = None
-        self._handles: list[Any] = []
-        mods = [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
-        if len({id(m) for m in mods}) != len(mods):
+        self.valid: torch.Tensor | None = None  # (B, T) tokens to count, set before each forward pass
+        self.modules = [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
+        if len({id(m) for m in self.modules}) != len(self.modules):
             raise InputError(f"{lm.arch.name}: the activation module '{lm.arch.act}' is shared between layers; "
                              "LAPE cannot tell the layers apart")
-        self.modules = mods
+        self._hooks = HookSet()
 
-    def __enter__(self) -> _ActCounter:
-        for layer, mod in zip(self.layers, self.modules, strict=True):
-            self._handles.append(mod.register_forward_hook(self._hook(layer)))
+    def __enter__(self) -> ActivationCounter:
+        for layer, module in zip(self.layers, self.modules, strict=True):
+            self._hooks.add_post(module, self._hook(layer))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._hooks.remove()
 
     def _hook(self, layer: int) -> Any:
         def hook(_module: Any, _args: Any, out: Any) -> None:
@@ -85,6 +77,24 @@ class ActivationCounts:
     max_length: int
 
 
+def _count_language(lm: LoadedModel, rows: Sequence[str], layers: list[int], max_length: int, batch_size: int,
+                    special: torch.Tensor, desc: str, reporter: Reporter) -> tuple[ActivationCounter, int, int]:
+    """(counter, tokens counted, sentences truncated) of one language's sentences."""
+    encoded = encode_texts(lm.tokenizer, rows, max_length)
+    counter = ActivationCounter(lm, layers)
+    n_tokens = 0
+    with reporter.progress(num_batches(len(rows), batch_size), desc) as bar, counter, torch.inference_mode():
+        for batch in encode_batches(lm.tokenizer, encoded, batch_size, lm.device):
+            valid = batch.attention_mask.bool()
+            if special.numel():
+                valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
+            counter.valid = valid
+            n_tokens += int(valid.sum().item())
+            lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            bar.update(1)
+    return counter, n_tokens, encoded.n_truncated
+
+
 def activation_probabilities(
     lm: LoadedModel,
     texts: Mapping[str, Sequence[str]],
@@ -92,8 +102,8 @@ def activation_probabilities(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
-    quiet: bool = True,
     exclude_special: bool = True,
+    reporter: Reporter | None = None,
 ) -> ActivationCounts:
     """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
 
@@ -101,32 +111,22 @@ def activation_probabilities(
     ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs). Padding and,
     with ``exclude_special``, special tokens (BOS) are not counted. Sentences are cut to
     ``max_length`` tokens (default: the model's context, capped; see
-    :func:`tnedit.capture.resolve_max_length`).
+    :func:`tnedit.model.loading.resolve_max_length`). No progress bar unless a ``reporter`` is given.
     """
+    reporter = reporter or NullReporter()
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
     max_length = resolve_max_length(lm, max_length)
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    special_ids = sorted(set(lm.tokenizer.all_special_ids)) if exclude_special else []
+    special = torch.tensor(special_ids, dtype=torch.long)
     counts = ActivationCounts(np.zeros((len(layers), lm.intermediate_size, len(texts))), {}, {}, max_length)
     for j, (lang, rows) in enumerate(texts.items()):
-        encoded = encode_texts(lm.tokenizer, rows, max_length)
-        counts.truncated[lang] = encoded.n_truncated
-        counter = _ActCounter(lm, layers)
-        n_tok = 0
-        bar = (NullReporter() if quiet else TqdmReporter()).bar(num_batches(len(rows), batch_size), f"{lang}:lape")
-        with counter, torch.inference_mode():
-            for batch in encode_batches(lm.tokenizer, encoded, batch_size, lm.device):
-                valid = batch.attention_mask.bool()
-                if exclude_special and special.numel():
-                    valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
-                counter.valid = valid
-                n_tok += int(valid.sum().item())
-                lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                bar.update(1)
-        bar.close()
-        if n_tok == 0:
+        counter, n_tokens, truncated = _count_language(lm, rows, layers, max_length, batch_size, special,
+                                                       f"{lang}:lape", reporter)
+        counts.truncated[lang] = truncated
+        if n_tokens == 0:
             raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
-        counts.tokens[lang] = n_tok
-        counts.probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tok
+        counts.tokens[lang] = n_tokens
+        counts.probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tokens
     return counts
 
 
@@ -147,7 +147,7 @@ class LapeSelection:
     layers: list[int]
 
 
-def lape(
+def select_language_specific(
     probs: np.ndarray,
     languages: Sequence[str],
     layers: Sequence[int] | None = None,
@@ -190,78 +190,63 @@ def lape(
     return LapeSelection(out, entropy, filter_value, bar_value, layers)
 
 
-@dataclass
-class LapeSettings(PassSettings):
-    top_rate: float = 0.01
-    filter_rate: float = 0.95
-    bar_rate: float = 0.95
-
-
 def lape_path(out_dir: str | os.PathLike[str], language: str) -> Path:
     return Path(out_dir) / f"neurons-{language}-lape.json"
 
 
-def identify_lape(
-    settings: LapeSettings, *, lm: LoadedModel | None = None, corpus: Any | None = None
+def run_lape(
+    settings: LapeSettings, *, lm: LoadedModel | None = None, corpus: Corpus | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, NeuronSet]:
     """LAPE language-specific neurons, one neuron set per language (method kind "lape").
 
     Writes ``neurons-<lang>-lape.json`` under ``settings.output`` (each atomically, once every
     language is measured) when it is set.
     """
-    langs = parse_languages(settings.langs)
-    if len(langs) < 2:
-        raise InputError("--method lape needs at least two languages (e.g. --langs en,ja,ko)")
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    if settings.limit is not None and settings.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {settings.limit}")
+    reporter = resolve_reporter(reporter)
+    settings.check()
+    languages = settings.languages()
     out_dir = Path(settings.output) if settings.output is not None else None
-    if out_dir is not None:
-        check_output_directory(out_dir, settings.model)
-    from tnedit import corpus as corpus_mod
-
     from_data = corpus is None
-    if from_data:  # before the model: a bad --data costs no model load
-        corpus = corpus_mod.load_corpus(settings.data, langs, limit=settings.limit)
+    if corpus is None:  # before the model: a bad --data costs no model load
+        corpus = load_corpus(settings.data, languages, limit=settings.limit)
     if lm is None:
         lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype,
                         device=settings.device, device_map=settings.device_map)
     if from_data:
-        corpus_mod.check_tokenizable(corpus, lm.tokenizer, langs)
+        check_tokenizable(corpus, lm.tokenizer, languages)
     if out_dir is not None and lm.path is not None:
         check_output_directory(out_dir, lm.path)
     max_length = resolve_max_length(lm, settings.max_length)
     layers = parse_layers(settings.layers, lm.num_layers) or list(range(lm.num_layers))
-    texts = {lang: list(corpus.column(lang)) for lang in langs}
+    texts = {lang: list(corpus.column(lang)) for lang in languages}
     counts = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size, max_length=max_length,
-                                      quiet=settings.quiet)
+                                      reporter=reporter)
     if any(counts.truncated.values()):
         cut = ", ".join(f"{lang}:lape {n}" for lang, n in counts.truncated.items() if n)
-        warnings.warn(f"sentences longer than {max_length} tokens were truncated ({cut})", IdentifyWarning,
-                      stacklevel=2)
-    sel = lape(counts.probs, langs, layers, top_rate=settings.top_rate, filter_rate=settings.filter_rate,
-               bar_rate=settings.bar_rate)
+        reporter.warn(f"sentences longer than {max_length} tokens were truncated ({cut})")
+    selection = select_language_specific(counts.probs, languages, layers, top_rate=settings.top_rate,
+                                         filter_rate=settings.filter_rate, bar_rate=settings.bar_rate)
     info = lm.model_info()
-    sets = {lang: NeuronSet(neurons=sel.neurons[lang], model=info,
-                            method=_lape_method(settings, lm, corpus, langs, layers, sel, counts, lang))
-            for lang in langs}
+    sets = {lang: NeuronSet(neurons=selection.neurons[lang], model=info,
+                            method=_lape_method(settings, lm, corpus, layers, selection, counts, lang))
+            for lang in languages}
     if out_dir is not None:
-        for lang, ns in sets.items():
-            save_neuron_set(ns, lape_path(out_dir, lang))
+        for lang, neurons in sets.items():
+            save_neuron_set(neurons, lape_path(out_dir, lang))
     return sets
 
 
-def _lape_method(settings: LapeSettings, lm: LoadedModel, corpus: Any, langs: Sequence[str], layers: list[int],
-                 sel: LapeSelection, counts: ActivationCounts, lang: str) -> Method:
+def _lape_method(settings: LapeSettings, lm: LoadedModel, corpus: Corpus, layers: list[int],
+                 selection: LapeSelection, counts: ActivationCounts, lang: str) -> Method:
     return Method(
         kind="lape",
         type=None,
         language=lang,
-        languages=list(langs),
+        languages=list(settings.languages()),
         layers=layers,
-        k=len(sel.neurons[lang]),
-        data={"source": str(getattr(corpus, "source", settings.data)), "sha256": getattr(corpus, "sha256", None),
+        k=len(selection.neurons[lang]),
+        data={"source": str(corpus.source), "sha256": corpus.sha256,
               "n_sentences": len(corpus.column(lang)), "n_tokens": counts.tokens[lang]},
         position="all",
         dtype=dtype_name(lm.dtype),
@@ -269,6 +254,6 @@ def _lape_method(settings: LapeSettings, lm: LoadedModel, corpus: Any, langs: Se
         tnedit_version=__version__,
         extra={"score": "LAPE entropy (lower = more language-specific)", "top_rate": settings.top_rate,
                "filter_rate": settings.filter_rate, "bar_rate": settings.bar_rate,
-               "filter_value": sel.filter_value, "bar_value": sel.bar_value,
+               "filter_value": selection.filter_value, "bar_value": selection.bar_value,
                "max_length": counts.max_length, "truncated": {f"{lang}:lape": counts.truncated[lang]}},
     )

@@ -1,18 +1,16 @@
-"""Evaluation metrics, each one pure function over arrays or tensors.
+"""Representation and language-model metrics, each one pure function over arrays or tensors.
 
 Representation metrics take numpy arrays of last-token states, ``(N, D)`` per language and layer,
 row i of the English array parallel to row i of the L2 array. Language-model metrics take torch
-tensors of logits or log-probabilities. QA and language-ID metrics take strings. Nothing here
-loads a model or knows about conditions; :mod:`tnedit.evaluate` feeds these functions.
+tensors of logits or log-probabilities. Nothing here loads a model or knows about conditions; QA
+scoring is in :mod:`tnedit.evaluate.answers`, output-language identification in
+:mod:`tnedit.evaluate.langid`. torch is imported inside the language-model functions, so the
+representation metrics run without it.
 """
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -203,181 +201,3 @@ def kl_from_topk(index: Any, top_logp: Any, logq: Any) -> Any:
 def top1_from_topk(index: Any, logq: Any) -> Any:
     return index[:, 0] == logq.argmax(-1)
 
-
-# --- QA (SQuAD-style, per character for CJK) -----------------------------------------------------
-
-CJK_LANGS = frozenset({"ja", "zh", "ko"})
-
-ARTICLES: dict[str, frozenset[str]] = {
-    "en": frozenset({"a", "an", "the"}),
-    "fr": frozenset({"le", "la", "les", "l", "un", "une", "des"}),
-    "de": frozenset({"der", "die", "das", "den", "dem", "des", "ein", "eine", "einen", "einem", "einer", "eines"}),
-    "es": frozenset({"el", "la", "los", "las", "un", "una", "unos", "unas"}),
-    "it": frozenset({"il", "lo", "la", "i", "gli", "le", "l", "un", "uno", "una"}),
-    "nl": frozenset({"de", "het", "een"}),
-}
-
-
-def _is_cjk_char(ch: str) -> bool:
-    return _script(ch) in ("kana", "han", "hangul")
-
-
-def normalize_answer(text: str, lang: str) -> str:
-    """Lower-case, drop punctuation (ASCII and Unicode P*), drop articles, collapse whitespace."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if (ch in string.punctuation or unicodedata.category(ch).startswith("P")) else ch for ch in text)
-    articles = ARTICLES.get(lang, frozenset())
-    return " ".join(w for w in text.split() if w not in articles)
-
-
-def answer_tokens(text: str, lang: str) -> list[str]:
-    """Tokens for F1: whitespace words; for ja/zh/ko every CJK character is its own token."""
-    norm = normalize_answer(text, lang)
-    if lang not in CJK_LANGS:
-        return norm.split()
-    tokens: list[str] = []
-    for word in norm.split():
-        run = ""
-        for ch in word:
-            if _is_cjk_char(ch):
-                if run:
-                    tokens.append(run)
-                    run = ""
-                tokens.append(ch)
-            else:
-                run += ch
-        if run:
-            tokens.append(run)
-    return tokens
-
-
-def token_f1(prediction: str, gold: str, lang: str) -> float:
-    pred, ref = answer_tokens(prediction, lang), answer_tokens(gold, lang)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = Counter(pred) & Counter(ref)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(prediction: str, gold: str, lang: str) -> float:
-    return float(answer_tokens(prediction, lang) == answer_tokens(gold, lang))
-
-
-def qa_scores(prediction: str, golds: Iterable[str], lang: str) -> tuple[float, float]:
-    """(F1, EM), each the maximum over the gold answers."""
-    golds = list(golds)
-    if not golds:
-        raise ValueError("qa_scores: no gold answers")
-    return (
-        max(token_f1(prediction, g, lang) for g in golds),
-        max(exact_match(prediction, g, lang) for g in golds),
-    )
-
-
-# --- output-language identification by script ---------------------------------------------------
-
-_RANGES: tuple[tuple[int, int, str], ...] = (
-    (0x3040, 0x30FF, "kana"),
-    (0x31F0, 0x31FF, "kana"),
-    (0xFF66, 0xFF9F, "kana"),
-    (0x3400, 0x4DBF, "han"),
-    (0x4E00, 0x9FFF, "han"),
-    (0xF900, 0xFAFF, "han"),
-    (0x20000, 0x2FA1F, "han"),
-    (0xAC00, 0xD7AF, "hangul"),
-    (0x1100, 0x11FF, "hangul"),
-    (0x3130, 0x318F, "hangul"),
-    (0x0400, 0x052F, "cyrillic"),
-)
-
-LATIN_LANGS = ("en", "fr", "de", "es", "it", "nl")
-SCRIPT_LANGS = {"ja": "ja", "ko": "ko", "zh": "zh", "ru": "ru"}
-
-STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset("the and is are was of to in that it you i he she we they this with for not be have".split()),
-    "fr": frozenset("le la les et est un une des du je il elle nous vous pas que qui dans pour avec ce sont".split()),
-    "de": frozenset("der die das und ist nicht ich ein eine zu sie es mit den auf sich dem ich wir sind auch".split()),
-    "es": frozenset("el la los las y es un una que no en por con se del lo para está son muy".split()),
-    "it": frozenset("il lo la gli le e è un una di che non per con sono del della mi io ho".split()),
-    "nl": frozenset("de het een en is van niet ik dat je op te met zijn ze er wat hij maar".split()),
-}
-# Letters that only some Latin-script languages use: a weak extra vote each.
-_LETTER_HINTS: dict[str, str] = {"ß": "de", "ä": "de", "ö": "de", "ü": "de", "ñ": "es", "¿": "es", "¡": "es",
-                                 "ç": "fr", "œ": "fr", "ê": "fr", "â": "fr", "î": "fr", "ò": "it", "ù": "it"}
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-
-
-def _script(ch: str) -> str | None:
-    cp = ord(ch)
-    for lo, hi, name in _RANGES:
-        if lo <= cp <= hi:
-            return name
-    if ch.isalpha():
-        return "latin" if "LATIN" in unicodedata.name(ch, "") else "other"
-    return None
-
-
-def script_counts(text: str) -> Counter[str]:
-    """Letters per script: kana, han, hangul, cyrillic, latin, other (digits and punctuation ignored)."""
-    return Counter(s for s in (_script(ch) for ch in text) if s is not None)
-
-
-def identify_language(text: str) -> str | None:
-    """Script-based language ID: ja (kana present), zh (Han without kana), ko, ru, or for Latin
-    script one of en fr de es it nl by stop words ("latin" when undecided); "other" for other
-    scripts; None when the text has no letters."""
-    counts = script_counts(text)
-    if not counts:
-        return None
-    groups = {
-        "cj": counts["kana"] + counts["han"],
-        "hangul": counts["hangul"],
-        "cyrillic": counts["cyrillic"],
-        "latin": counts["latin"],
-        "other": counts["other"],
-    }
-    top = max(groups, key=lambda g: (groups[g], g == "cj"))
-    if top == "cj":
-        return "ja" if counts["kana"] else "zh"
-    if top == "hangul":
-        return "ko"
-    if top == "cyrillic":
-        return "ru"
-    if top == "other":
-        return "other"
-    words = [w.lower() for w in _WORD.findall(text)]
-    votes = Counter({lang: sum(w in STOPWORDS[lang] for w in words) for lang in LATIN_LANGS})
-    for ch in text.lower():
-        if ch in _LETTER_HINTS:
-            votes[_LETTER_HINTS[ch]] += 0.5
-    ranked = votes.most_common()
-    if not ranked or ranked[0][1] == 0 or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
-        return "latin"
-    return ranked[0][0]
-
-
-def stays_in_language(detected: str | None, lang: str) -> bool | None:
-    """Whether an output identified as ``detected`` is in ``lang``; None when undecidable
-    (no letters, or Latin script without a clear stop-word winner for a Latin-script ``lang``)."""
-    if detected is None:
-        return None
-    if detected == "latin":
-        return None if lang in LATIN_LANGS else False
-    return detected == lang
-
-
-def output_language_share(texts: Sequence[str], lang: str) -> dict[str, Any]:
-    """Share of ``texts`` identified as ``lang``, among those whose language could be decided."""
-    detected = [identify_language(t) for t in texts]
-    verdicts = [stays_in_language(d, lang) for d in detected]
-    decided = [v for v in verdicts if v is not None]
-    return {
-        "share": (sum(decided) / len(decided)) if decided else None,
-        "n": len(texts),
-        "n_decided": len(decided),
-        "counts": dict(sorted(Counter("none" if d is None else d for d in detected).items())),
-    }

@@ -1,0 +1,104 @@
+"""Safetensors checkpoints on disk: resolving, validating, streaming patched copies. Torch-free.
+
+Nothing here runs a model or loads a whole checkpoint: tensors are read one at a time from their
+byte ranges, so peak memory is about one tensor whatever the model size.
+
+- :mod:`~tnedit.checkpoint.files`: opening sources safely, exact reads, exclusive creation.
+- :mod:`~tnedit.checkpoint.safetensors`: headers (checked as safetensors checks them), single tensors.
+- :mod:`~tnedit.checkpoint.streaming`: copies with patched tensors, plain copies, SHA-256 of files.
+- :mod:`~tnedit.checkpoint.directory`: :class:`Checkpoint`, :func:`open_checkpoint`, source resolution.
+- :mod:`~tnedit.checkpoint.verify`: whether an edited checkpoint's weights are the recorded ones.
+"""
+
+from __future__ import annotations
+
+from tnedit.checkpoint.directory import (
+    CONTENT_SAMPLE,
+    FOREIGN_WEIGHT_SUFFIXES,
+    INDEX_NAME,
+    QUANT_SUFFIXES,
+    SKIP_DIRS,
+    Checkpoint,
+    ResolvedSource,
+    is_hub_id,
+    open_checkpoint,
+    read_config,
+    require_directory,
+    resolve_source,
+)
+from tnedit.checkpoint.files import FileIdentity, create_new, file_identity, open_source, writing
+from tnedit.checkpoint.safetensors import (
+    ELEMENT_SIZE,
+    FLOAT_DTYPES,
+    MAX_HEADER_BYTES,
+    SafetensorsHeader,
+    TensorInfo,
+    read_header,
+    read_tensor,
+    write_safetensors,
+)
+from tnedit.checkpoint.streaming import (
+    CHUNK,
+    HASH_BUFFER,
+    CopyResult,
+    TensorPatch,
+    available_cores,
+    copy_plain,
+    copy_with_patches,
+    hub_blob_sha256,
+    sha256_file,
+    sha256_files,
+)
+from tnedit.checkpoint.verify import missing_weights, weights_problem
+
+# Re-exported for the modules that imported them from here before they got their own homes.
+from tnedit.formats.outputs import atomic_directory, check_output_dir, contained_name, write_json
+from tnedit.formats.provenance import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, is_sha256
+
+__all__ = [
+    "CARD_NAME",
+    "CHUNK",
+    "CONTENT_SAMPLE",
+    "ELEMENT_SIZE",
+    "FLOAT_DTYPES",
+    "FOREIGN_WEIGHT_SUFFIXES",
+    "HASH_BUFFER",
+    "INDEX_NAME",
+    "MAX_HEADER_BYTES",
+    "PROVENANCE_NAME",
+    "QUANT_SUFFIXES",
+    "REVERT_NAME",
+    "SKIP_DIRS",
+    "Checkpoint",
+    "CopyResult",
+    "FileIdentity",
+    "ResolvedSource",
+    "SafetensorsHeader",
+    "TensorInfo",
+    "TensorPatch",
+    "atomic_directory",
+    "available_cores",
+    "check_output_dir",
+    "contained_name",
+    "copy_plain",
+    "copy_with_patches",
+    "create_new",
+    "file_identity",
+    "hub_blob_sha256",
+    "is_hub_id",
+    "is_sha256",
+    "missing_weights",
+    "open_checkpoint",
+    "open_source",
+    "read_config",
+    "read_header",
+    "read_tensor",
+    "require_directory",
+    "resolve_source",
+    "sha256_file",
+    "sha256_files",
+    "weights_problem",
+    "write_json",
+    "write_safetensors",
+    "writing",
+]

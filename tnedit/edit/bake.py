@@ -1,0 +1,312 @@
+"""Bake an edit into a new checkpoint directory, streaming one tensor at a time.
+
+Every other file is copied byte for byte; ``tnedit.json`` (the typed :class:`Provenance`), the revert
+file with the original slices and a model card are written beside the weights, and OUT appears only
+complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tnedit.versions import package_versions
+from tnedit.architectures import hidden_size, neuron_axis
+from tnedit.checkpoint import (
+    Checkpoint,
+    ResolvedSource,
+    TensorInfo,
+    copy_plain,
+    copy_with_patches,
+    hub_blob_sha256,
+    open_checkpoint,
+    resolve_source,
+    write_safetensors,
+)
+from tnedit.edit.numeric import patch_slices, restore_slices, storage_view
+from tnedit.edit.settings import ApplyOptions
+from tnedit.edit.spec import EditSpec, LayerEdit, check_fingerprint, check_neuron_range
+from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
+from tnedit.errors import CheckpointError
+from tnedit.formats import card
+from tnedit.formats.neurons import NeuronSet
+from tnedit.formats.outputs import atomic_directory, check_output_dir
+from tnedit.formats.provenance import (
+    CARD_NAME,
+    PROVENANCE_NAME,
+    REVERT_FORMAT,
+    REVERT_NAME,
+    SEMANTICS_NOTE,
+    EditRecord,
+    NeuronSetRecord,
+    Provenance,
+    SourceRecord,
+    WeightRecord,
+    read_previous,
+)
+from tnedit.reporting import Reporter, resolve_reporter
+
+
+@dataclass
+class ApplyResult:
+    out: Path
+    provenance: Provenance
+    spec: EditSpec
+
+
+class SlicePatch:
+    """Scales (or restores) the neuron slices of one output projection, one row block at a time.
+
+    Linear weights hold neuron i in column i, so every row block carries a piece of every neuron;
+    Conv1D weights hold it in row i, so a block carries the neurons whose rows it spans. The
+    original values are collected block by block, in index order, for the revert file.
+    """
+
+    def __init__(
+        self,
+        axis: int,
+        indices: Sequence[int],
+        factors: Sequence[float] | None = None,
+        original: np.ndarray | None = None,
+        where: str = "weights",
+    ):
+        self.axis = axis
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
+        self.restore_from = original
+        self.where = where
+        self._parts: list[np.ndarray] = []
+
+    def __call__(self, info: TensorInfo, block: memoryview, row0: int, row1: int) -> None:
+        weight = storage_view(block, info.dtype, (row1 - row0, info.shape[1]))
+        if self.axis == 1:
+            local, pick = self.indices, slice(row0, row1)
+        else:
+            chosen = (self.indices >= row0) & (self.indices < row1)
+            if not chosen.any():
+                return
+            local, pick = self.indices[chosen] - row0, chosen
+        if self.restore_from is not None:
+            restore_slices(weight, self.axis, local, self.restore_from[pick])
+            return
+        factors = self.factors if self.axis == 1 else self.factors[pick]
+        neurons = self.indices if self.axis == 1 else self.indices[pick]
+        where = f"{self.where} '{info.name}'"
+        self._parts.append(patch_slices(weight, info.dtype, self.axis, local, factors, where, neurons))
+
+    def original(self) -> np.ndarray:
+        return np.concatenate(self._parts, axis=0)
+
+
+@dataclass
+class _Written:
+    """What apply wrote or read on the way to tnedit.json."""
+
+    weights: dict[str, WeightRecord]
+    revert_sha256: str
+    previous: Any  # the source's own tnedit.json, kept as is
+    source_card: str | None
+
+
+def _patches_by_file(ckpt: Checkpoint, spec: EditSpec) -> dict[str, dict[str, LayerEdit]]:
+    by_file: dict[str, dict[str, LayerEdit]] = defaultdict(dict)
+    for edit in spec.by_layer():
+        name = ckpt.out_proj_name(edit.layer)
+        by_file[ckpt.tensor_file[name]][name] = edit
+    return by_file
+
+
+def _protected_inputs(inputs: Iterable[str | Path], neuron_source: str | None) -> list[Path]:
+    """What ``--overwrite`` must never delete: the given inputs and the neurons file, if it is one."""
+    protected = [Path(p) for p in inputs]
+    if neuron_source and Path(neuron_source).is_file():
+        protected.append(Path(neuron_source))
+    return protected
+
+
+def read_card_text(path: Path) -> str | None:
+    """A model card's text, None if there is none; a card that is not UTF-8 is named, not a traceback."""
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a UTF-8 text file (expected a Markdown model card)") from None
+
+
+def _open_source(source: str, spec: EditSpec, neuron_set: NeuronSet | None, neuron_source: str | None,
+                 options: ApplyOptions, reporter: Reporter) -> tuple[ResolvedSource, Checkpoint]:
+    """The source checkpoint, once the edit fits it and OUT may be written."""
+    resolved = resolve_source(source, revision=options.revision)
+    ckpt = open_checkpoint(resolved.path)
+    where = neuron_source or "neurons"
+    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, where)
+    note = check_fingerprint(ckpt, neuron_set, where, options.force)
+    if note:
+        reporter.warn(note)
+    return resolved, ckpt
+
+
+def apply_to_checkpoint(
+    source: str,
+    spec: EditSpec,
+    out: str | Path,
+    *,
+    neuron_set: NeuronSet | None = None,
+    neuron_source: str | None = None,
+    options: ApplyOptions | None = None,
+    reporter: Reporter | None = None,
+) -> ApplyResult:
+    """Write ``out``: ``source`` with the edit baked into its output projections.
+
+    Streams one tensor at a time, copies every other file byte for byte, records provenance, the
+    original slices (for :func:`~tnedit.edit.revert.revert_checkpoint`) and a model card; ``out``
+    appears only complete. ``out`` may neither overlap the source nor hold ``options.inputs`` or the
+    neurons file (``neuron_source``).
+    """
+    options, reporter, out = options or ApplyOptions(), resolve_reporter(reporter), Path(out)
+    resolved, ckpt = _open_source(source, spec, neuron_set, neuron_source, options, reporter)
+    check_output_dir(out, resolved.path, options.overwrite, inputs=_protected_inputs(options.inputs, neuron_source))
+    source_card = read_card_text(resolved.path / CARD_NAME)
+    previous = read_previous(resolved.path)
+    foreign = ckpt.foreign_weight_files()
+    if foreign:
+        reporter.warn(f"not copied (weights in another format would stay unedited): {', '.join(foreign)}")
+    by_file = _patches_by_file(ckpt, spec)
+    with atomic_directory(out, overwrite=options.overwrite) as tmp:
+        copy_side_files(resolved.path, tmp, ckpt)
+        weights, originals = _write_weight_files(resolved.path, tmp, ckpt, by_file, options.link, reporter)
+        revert_sha256 = _write_revert_file(tmp / REVERT_NAME, ckpt, by_file, originals, source_card)
+        written = _Written(weights, revert_sha256, previous, source_card)
+        provenance = _provenance(resolved, ckpt, spec, neuron_set, neuron_source, options.command, written)
+        # Not write_json: that lists the file as a completed output, and this one is not yet.
+        write_new_text(tmp / PROVENANCE_NAME, provenance.to_json())
+        write_new_text(tmp / CARD_NAME, card.render_card(provenance, source_card))
+    return ApplyResult(out, provenance, spec)
+
+
+def _write_weight_files(
+    src_dir: Path,
+    out_dir: Path,
+    ckpt: Checkpoint,
+    by_file: dict[str, dict[str, LayerEdit]],
+    link: bool,
+    reporter: Reporter,
+) -> tuple[dict[str, WeightRecord], dict[str, np.ndarray]]:
+    """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply.
+
+    Each file records its output's SHA-256 and its source's (``source_sha256``), which revert
+    checks its restored bytes against. An untouched file's source digest is its output's; an edited
+    one's is hashed alongside the copy, or read from a Hub blob's name. Also returns the original
+    slices of every edited tensor, for the revert file.
+    """
+    cancel = threading.Event()
+    axis = neuron_axis(ckpt.arch)
+    originals: dict[str, np.ndarray] = {}
+
+    def one(f: str) -> tuple[str, WeightRecord]:
+        src, dst = src_dir / f, out_dir / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        header, blob = ckpt.headers[f], hub_blob_sha256(src)
+        edits = by_file.get(f)
+        if not edits:
+            digest = copy_plain(src, dst, link=link, known_sha256=blob, expected=header.identity, cancel=cancel)
+            return f, WeightRecord(digest, digest, [])
+        patches = {name: SlicePatch(axis, e.indices, e.factors, where=f"layer {e.layer}") for name, e in edits.items()}
+        result = copy_with_patches(src, dst, patches, header, hash_source=blob is None, cancel=cancel)
+        originals.update({name: patch.original() for name, patch in patches.items()})
+        return f, WeightRecord(result.output_sha256, blob or result.source_sha256, sorted(edits))
+
+    sizes = {f: file_size(ckpt, f) for f in ckpt.weight_files}
+    results = in_parallel(one, sizes, "apply", reporter, cancel)
+    return {f: results[f] for f in ckpt.weight_files}, originals
+
+
+def _write_revert_file(
+    path: Path,
+    ckpt: Checkpoint,
+    by_file: dict[str, dict[str, LayerEdit]],
+    originals: dict[str, np.ndarray],
+    source_card: str | None,
+) -> str:
+    """The original slices and their indices, and the source card; returns the file's SHA-256."""
+    tensors: dict[str, tuple[np.ndarray, str]] = {}
+    for edits in by_file.values():
+        for name, edit in edits.items():
+            tensors[f"{name}::original"] = (originals[name], ckpt.tensor(name).dtype)
+            tensors[f"{name}::indices"] = (np.asarray(edit.indices, dtype=np.int64), "I64")
+    metadata = {
+        "format": REVERT_FORMAT,
+        "layout": ckpt.arch.layout,
+        "source_card": source_card or "",
+        "source_had_card": "1" if source_card is not None else "0",
+    }
+    return write_safetensors(path, tensors, metadata)
+
+
+def _source_record(resolved: ResolvedSource, ckpt: Checkpoint, source_card: str | None) -> SourceRecord:
+    return SourceRecord(
+        name_or_path=resolved.source,
+        revision=resolved.revision,
+        is_hub=resolved.is_hub,
+        model_type=ckpt.model_type,
+        num_layers=ckpt.num_layers,
+        intermediate_size=ckpt.intermediate_size,
+        hidden_size=hidden_size(ckpt.config, ckpt.arch),
+        fingerprint=ckpt.fingerprint(),
+        license=_card_license(source_card),
+    )
+
+
+def _edit_record(spec: EditSpec) -> EditRecord:
+    return EditRecord(
+        op=spec.op,
+        factor=spec.factor,
+        n_neurons=len(spec.neurons),
+        per_layer={str(k): v for k, v in spec.per_layer_counts().items()},
+        neurons=[[n.layer, n.index, spec.factor_of(n)] for n in spec.neurons],
+        semantics=SEMANTICS_NOTE,
+    )
+
+
+def _provenance(
+    resolved: ResolvedSource,
+    ckpt: Checkpoint,
+    spec: EditSpec,
+    neuron_set: NeuronSet | None,
+    neuron_source: str | None,
+    command: str | None,
+    written: _Written,
+) -> Provenance:
+    """tnedit.json: the source, the neuron set, the edit, the versions and every digest revert checks."""
+    neurons = NeuronSetRecord(
+        path=neuron_source,
+        sha256=neuron_set.sha256() if neuron_set else None,
+        method=asdict(neuron_set.method) if neuron_set and neuron_set.method else None,
+        model=asdict(neuron_set.model) if neuron_set and neuron_set.model else None,
+    )
+    return Provenance(
+        source=_source_record(resolved, ckpt, written.source_card),
+        neuron_set=neurons,
+        edit=_edit_record(spec),
+        weights=written.weights,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=command,
+        versions=package_versions(),
+        revert_sha256=written.revert_sha256,
+        previous_provenance=written.previous,
+    )
+
+
+def _card_license(source_card: str | None) -> str | None:
+    if source_card is None:
+        return None
+    value = card.read_front_matter(source_card).get("license")
+    return str(value) if value is not None else None

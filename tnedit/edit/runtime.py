@@ -1,0 +1,199 @@
+"""An edit on a loaded model: in its weights (:func:`apply_to_model`, exactly as apply bakes) or as hooks.
+
+The baked form acts at every position; :class:`RuntimeEdit` can restrict the same edit to chosen
+positions, which is what the paper's analyses do. torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tnedit.architectures import Architecture, decoder_layers, get_architecture, neuron_axis, resolve_module
+from tnedit.edit.numeric import patch_slices, restore_slices
+from tnedit.edit.spec import EditSpec, Positions, check_neuron_range, make_edit_spec
+from tnedit.errors import InputError
+from tnedit.formats.neurons import Neuron, NeuronSet
+from tnedit.model.hooks import HookSet
+
+_TORCH_TO_SAFETENSORS = {
+    "torch.float32": "F32",
+    "torch.float16": "F16",
+    "torch.bfloat16": "BF16",
+    "torch.float64": "F64",
+}
+
+
+def _arch_of(model: Any, arch: Architecture | None) -> Architecture:
+    return arch if arch is not None else get_architecture(model.config.model_type)
+
+
+def _host_storage(weight: Any, dtype: str) -> np.ndarray:
+    import torch
+
+    cpu = weight.detach().to("cpu").contiguous()
+    if dtype == "BF16":
+        return cpu.view(torch.int16).numpy().view(np.uint16).copy()
+    return cpu.numpy().copy()
+
+
+def _from_host(host: np.ndarray, like: Any) -> Any:
+    import torch
+
+    if like.dtype == torch.bfloat16:
+        return torch.from_numpy(host.view(np.int16)).view(torch.bfloat16).to(like.device)
+    return torch.from_numpy(host).to(like.device)
+
+
+@dataclass
+class EditHandle:
+    """Restores the original weights of an in-memory edit."""
+
+    _saved: list[tuple[Any, int, tuple[int, ...], np.ndarray]]
+    spec: EditSpec
+
+    def restore(self) -> None:
+        import torch
+
+        for weight, axis, indices, original in reversed(self._saved):
+            dtype = _TORCH_TO_SAFETENSORS[str(weight.dtype)]
+            host = _host_storage(weight, dtype)
+            restore_slices(host, axis, indices, original)
+            with torch.no_grad():
+                weight.copy_(_from_host(host, weight))
+        self._saved.clear()
+
+
+def _edit_weight(weight: Any, axis: int, indices: tuple[int, ...], factors: tuple[float, ...], where: str) -> Any:
+    """Scale one weight's neuron slices in place; returns the original slices."""
+    import torch
+
+    dtype = _TORCH_TO_SAFETENSORS.get(str(weight.dtype))
+    if dtype is None:
+        raise InputError(f"cannot edit weights of dtype {weight.dtype}")
+    host = _host_storage(weight, dtype)
+    original = patch_slices(host, dtype, axis, indices, factors, where)
+    with torch.no_grad():
+        weight.copy_(_from_host(host, weight))
+    return original
+
+
+def apply_to_model(
+    model: Any,
+    neurons: NeuronSet | Sequence[Neuron] | EditSpec,
+    op: str = "zero",
+    factor: Any = None,
+    arch: Architecture | None = None,
+) -> EditHandle:
+    """Edit a loaded transformers model's output-projection weights in place, exactly as apply bakes.
+
+    Returns a handle whose :meth:`EditHandle.restore` puts the original values back.
+    """
+    spec = neurons if isinstance(neurons, EditSpec) else make_edit_spec(neurons, op, factor)
+    arch = _arch_of(model, arch)
+    layers = decoder_layers(model, arch)
+    axis = neuron_axis(arch)
+    first = resolve_module(layers[0], arch.out_proj).weight
+    check_neuron_range(spec, len(layers), first.shape[axis], "apply_to_model")
+    handle = EditHandle([], spec)
+    try:
+        for edit in spec.by_layer():
+            weight = resolve_module(layers[edit.layer], arch.out_proj).weight
+            where = f"layer {edit.layer} ({arch.out_proj}.weight)"
+            original = _edit_weight(weight, axis, edit.indices, edit.factors, where)
+            handle._saved.append((weight, axis, edit.indices, original))
+    except BaseException:
+        handle.restore()  # all or nothing: a failure in a later layer must not leave earlier ones edited
+        raise
+    return handle
+
+
+# --- runtime hooks ------------------------------------------------------------------------------
+
+
+def last_token_mask(attention_mask: Any) -> Any:
+    """One True per row at its last real token, for left or right padding."""
+    import torch
+
+    mask = attention_mask.bool()
+    width = mask.shape[1]
+    last = width - 1 - torch.flip(mask.long(), dims=[1]).argmax(dim=1)
+    out = torch.zeros_like(mask)
+    out[torch.arange(mask.shape[0], device=mask.device), last] = True
+    return out
+
+
+class RuntimeEdit:
+    """Forward pre-hooks that scale neuron activations (the output projection's inputs).
+
+    ``positions``: ``all`` multiplies every position, equal to the baked edit; ``last`` only each
+    row's last real token and ``prompt`` every real prompt token, as in the paper. For ``last`` and
+    ``prompt`` call :meth:`set_attention_mask` before each forward; passes whose length differs from
+    that mask (cached generation steps) are left unedited, so generated tokens are never edited.
+    """
+
+    def __init__(self, model: Any, spec: EditSpec, positions: Positions = "all", arch: Architecture | None = None):
+        if positions not in ("all", "last", "prompt"):
+            raise InputError(f"--positions must be all, last or prompt, got {positions!r}")
+        self.model = model
+        self.spec = spec
+        self.positions = positions
+        self.arch = _arch_of(model, arch)
+        self.layers = decoder_layers(model, self.arch)
+        width = resolve_module(self.layers[0], self.arch.out_proj).weight.shape[neuron_axis(self.arch)]
+        check_neuron_range(spec, len(self.layers), width, "runtime edit")
+        self._mask: Any = None
+        self._hooks = HookSet()
+
+    def set_attention_mask(self, attention_mask: Any) -> None:
+        if self.positions == "all":
+            self._mask = None
+        elif self.positions == "last":
+            self._mask = last_token_mask(attention_mask)
+        else:
+            self._mask = attention_mask.bool()
+
+    def __enter__(self) -> RuntimeEdit:
+        import torch
+
+        for edit in self.spec.by_layer():
+            module = resolve_module(self.layers[edit.layer], self.arch.out_proj)
+            idx = torch.tensor(edit.indices, dtype=torch.long)
+            factors = torch.tensor(edit.factors, dtype=torch.float32)
+            self._hooks.add_pre(module, self._hook(idx, factors))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.remove()
+
+    def _hook(self, idx: Any, factors: Any) -> Any:
+        def hook(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            x = args[0]
+            mask = self._position_mask(x)
+            if mask is False:
+                return None
+            i, f = idx.to(x.device), factors.to(x.device)
+            x = x.clone()
+            picked = x[..., i]
+            scaled = (picked.float() * f).to(x.dtype)
+            scaled = scaled.masked_fill(f == 0, 0)
+            if mask is not None:
+                scaled = scaled.where(mask.unsqueeze(-1), picked)
+            x[..., i] = scaled
+            return (x, *args[1:])
+
+        return hook
+
+    def _position_mask(self, x: Any) -> Any:
+        """None = every position; False = skip this pass; else a bool mask shaped like x[..., 0]."""
+        if self.positions == "all":
+            return None
+        if self._mask is None:
+            raise RuntimeError("RuntimeEdit: call set_attention_mask() before each forward")
+        mask = self._mask.to(x.device)
+        if x.dim() == 2:  # layers that flatten (batch, time) first, e.g. OPT
+            return mask.reshape(-1) if mask.numel() == x.shape[0] else False
+        return mask if tuple(mask.shape) == tuple(x.shape[:2]) else False

@@ -1,0 +1,207 @@
+"""The batched forward passes of an evaluation: one pass per language, each batch once per condition.
+
+A condition is the original model, the original with an edit applied as a runtime hook, or a baked
+checkpoint (then loaded as its own model). :func:`forward` runs each batch once per condition sharing
+one loaded model, collecting last-token states, NLL and KL/top-1 against the original. Greedy
+generation is in :mod:`tnedit.evaluate.generation`, summaries in :mod:`tnedit.evaluate.summary`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tnedit.edit.runtime import RuntimeEdit
+from tnedit.edit.spec import EditSpec, Positions
+from tnedit.errors import InputError
+from tnedit.evaluate.metrics import (
+    kl_divergence,
+    kl_from_topk,
+    next_token_nll,
+    real_logprobs,
+    top1_agreement,
+    top1_from_topk,
+    topk_logprobs,
+)
+from tnedit.model.batching import Batch, encode_batches
+from tnedit.model.capture import LastTokenCapture
+from tnedit.model.hooks import HookSet
+from tnedit.model.loading import LoadedModel, resolve_max_length
+from tnedit.reporting import Reporter, resolve_reporter
+
+# (language, batch index) -> (input ids, top-k token ids, top-k log-probabilities) of the original
+LogprobCache = dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Condition:
+    name: str  # original | edited | control
+    kind: str  # original | hook | baked
+    spec: EditSpec | None = None  # the edit for hooks, None otherwise
+    positions: Positions | None = None  # hook positions; None for the original, "all" for a baked edit
+    n_neurons: int = 0
+
+
+class Accumulator:
+    """Per-condition results while batches stream through: states, NLL, KL, top-1."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes = sizes
+        self.h: dict[str, np.ndarray] = {}
+        self.nll: dict[str, float] = defaultdict(float)
+        self.n_tokens: dict[str, int] = defaultdict(int)
+        self.kl: dict[str, float] = defaultdict(float)
+        self.top1: dict[str, int] = defaultdict(int)
+        self.n_positions: dict[str, int] = defaultdict(int)
+        self.kl_method: str | None = None
+
+    def add_states(self, lang: str, rows: list[int], h: dict[int, Any]) -> None:
+        if lang not in self.h:
+            first = next(iter(h.values()))
+            self.h[lang] = np.zeros((len(h), self.sizes[lang], first.shape[-1]), dtype=np.float32)
+        for layer, tensor in h.items():
+            self.h[lang][layer, rows] = tensor.float().cpu().numpy()
+
+
+def _chunked_sum(fn: Callable[..., Any], *tensors: Any, rows: int = 64) -> float:
+    """Σ fn(rows) over row chunks, so (rows × vocab) temporaries stay small."""
+    n = tensors[0].shape[0]
+    return sum(float(fn(*(t[i : i + rows] for t in tensors)).double().sum()) for i in range(0, n, rows))
+
+
+@contextmanager
+def edited(lm: LoadedModel, cond: Condition, attention_mask: Any) -> Iterator[None]:
+    """``cond``'s edit hooked into ``lm`` for the ``with`` block (nothing for the original or a baked model)."""
+    if cond.spec is None:
+        yield
+        return
+    with RuntimeEdit(lm.model, cond.spec, cond.positions, arch=lm.arch) as hook:  # type: ignore[arg-type]
+        hook.set_attention_mask(attention_mask)
+        yield
+
+
+class _HeadOnRealPositions:
+    """A pre-hook making the LM head project only the real (non-padding) positions: logits come back as
+    (1, T_real, V) rows instead of (B, T, V). Set :attr:`mask` before each forward.
+
+    The head is most of a small multilingual model's compute (Gemma-3-270M: 168M of 268M
+    parameters), so skipping padding matters; post-head steps (soft-capping, scaling) are elementwise.
+    """
+
+    def __init__(self, lm: LoadedModel, hooks: HookSet):
+        self.mask: torch.Tensor | None = None
+        head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+        if head is not None:
+            hooks.add_pre(head, self)
+
+    def __call__(self, _module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x, mask = args[0], self.mask
+        if mask is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+            return None
+        return (x[mask].unsqueeze(0), *args[1:])
+
+
+@dataclass
+class _Pass:
+    """What every batch of one :func:`forward` call shares."""
+
+    lm: LoadedModel
+    capture: LastTokenCapture
+    conds: list[Condition]
+    accs: dict[str, Accumulator]
+    kl_top_k: int
+    cache: LogprobCache | None
+    reference: LogprobCache | None
+
+
+def forward(
+    lm: LoadedModel,
+    texts: dict[str, list[str]],
+    conds: list[Condition],
+    accs: dict[str, Accumulator],
+    *,
+    batch_size: int,
+    kl_top_k: int,
+    cache: LogprobCache | None = None,
+    reference: LogprobCache | None = None,
+    reporter: Reporter | None = None,
+) -> None:
+    """Each batch once per condition: last-token states, NLL, and KL/top-1 against the original.
+
+    The original's log-probabilities of a batch live only until the batch's other conditions are
+    done (exact KL). With ``cache`` they are also kept as top-``kl_top_k`` rows for a later model;
+    with ``reference`` KL is computed against such a cache.
+    """
+    reporter = resolve_reporter(reporter)
+    max_length = resolve_max_length(lm, None)  # a sentence past the context would index past the positions
+    names = "+".join(c.name for c in conds)
+    with LastTokenCapture(lm, ["h"]) as capture, HookSet() as hooks, torch.inference_mode():
+        head = _HeadOnRealPositions(lm, hooks)
+        run = _Pass(lm, capture, conds, accs, kl_top_k, cache, reference)
+        for lang, sentences in texts.items():
+            batches = list(encode_batches(lm.tokenizer, sentences, batch_size, lm.device, max_length))
+            with reporter.progress(len(batches), f"evaluate {lang} ({names})") as bar:
+                for index, batch in enumerate(batches):
+                    head.mask = batch.attention_mask.bool()
+                    _run_batch(run, lang, index, batch)
+                    bar.update(1)
+            head.mask = None
+
+
+def _run_batch(run: _Pass, lang: str, index: int, batch: Batch) -> None:
+    """One batch under every condition; the original's log-probabilities serve the others, then go."""
+    reference_logp = None
+    for cond in run.conds:
+        logp = _run_condition(run, cond, lang, batch)
+        if cond.name == "original":
+            reference_logp = logp
+            if run.cache is not None:
+                run.cache[(lang, index)] = (batch.input_ids.cpu(), *topk_logprobs(logp, run.kl_top_k))
+            continue
+        _compare_to_reference(run, run.accs[cond.name], lang, (lang, index), batch, logp, reference_logp)
+    del reference_logp
+
+
+def _run_condition(run: _Pass, cond: Condition, lang: str, batch: Batch) -> torch.Tensor:
+    """States and NLL of ``batch`` under ``cond``; returns its log-probabilities at the real positions."""
+    with edited(run.lm, cond, batch.attention_mask):
+        states = run.capture.run(batch, logits=True)
+    acc = run.accs[cond.name]
+    acc.add_states(lang, batch.rows, states.h)
+    logits = states.logits
+    states.logits = None
+    mask = batch.attention_mask.bool()
+    rows = logits[mask] if tuple(logits.shape[:2]) == tuple(mask.shape) else logits[0]
+    logp = real_logprobs(rows)
+    del logits, rows
+    nll, n = next_token_nll(logp, batch.input_ids, batch.attention_mask)
+    acc.nll[lang] += nll
+    acc.n_tokens[lang] += n
+    acc.n_positions[lang] += int(logp.shape[0])
+    return logp
+
+
+def _compare_to_reference(run: _Pass, acc: Accumulator, lang: str, key: tuple[str, int], batch: Batch,
+                          logp: torch.Tensor, reference_logp: torch.Tensor | None) -> None:
+    """KL(original ‖ condition) and top-1 agreement: exact in the same pass, else against the cached top-k."""
+    if reference_logp is not None:
+        kl = _chunked_sum(kl_divergence, reference_logp, logp)
+        agree = _chunked_sum(top1_agreement, reference_logp, logp)
+        acc.kl_method = "exact"
+    else:
+        if run.reference is None:
+            raise ValueError("forward: a condition besides the original needs it in the pass or a reference cache")
+        ids, index, top = run.reference[key]
+        if not torch.equal(ids, batch.input_ids.cpu()):
+            raise InputError("evaluate: batches of the two models differ; cannot compare")
+        kl = _chunked_sum(kl_from_topk, index, top, logp)
+        agree = _chunked_sum(top1_from_topk, index, logp)
+        acc.kl_method = "exact" if index.shape[-1] >= logp.shape[-1] else f"top-{index.shape[-1]}+rest"
+    acc.kl[lang] += kl
+    acc.top1[lang] += int(agree)

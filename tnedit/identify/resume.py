@@ -1,0 +1,242 @@
+"""Running passes batch by batch, and the on-disk resume state that lets an interrupted identify continue.
+
+The state (``tnedit.identify-checkpoint/1``) is a directory under ``-o``: ``state.json`` names a
+``sums-<step>.safetensors`` written before it. Both files are replaced atomically (via
+:mod:`tnedit.formats.outputs`), so a crash at any moment leaves a consistent pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from tnedit.errors import InputError
+from tnedit.formats.outputs import COMPLETED, atomic_file, contained_name
+from tnedit.model.batching import encode_batches, encode_texts, num_batches
+from tnedit.model.capture import LastTokenCapture, LastTokenStates
+from tnedit.model.loading import LoadedModel, resolve_max_length
+from tnedit.reporting import Reporter, resolve_reporter
+
+FORMAT = "tnedit.identify-checkpoint/1"
+RESUME_DIR = ".identify-checkpoint"
+
+BatchCallback = Callable[[str, int, int], None]  # (pass name, batches done, batches total)
+
+
+class Pass(Protocol):
+    """A resumable pass over sentences: what it captures, how it sums a batch, and its sums as tensors."""
+
+    name: str
+    want: tuple[str, ...]
+    texts: list[str]
+    layers: list[int]
+
+    def update(self, states: LastTokenStates, rows: Sequence[int]) -> None: ...
+
+    def export(self) -> dict[str, torch.Tensor]: ...
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+
+
+# --- the state file ------------------------------------------------------------------------------
+
+
+@dataclass
+class ResumeState:
+    """``state.json``: the settings key it was made with, the finished passes and where the current one stopped."""
+
+    key: dict[str, Any]
+    tensors: str | None = None  # the sums file next to it
+    done: list[str] = field(default_factory=list)
+    current: str | None = None
+    batches_done: int = 0
+    step: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": self.key, "tensors": self.tensors, "done": self.done,
+                "current": self.current, "batches_done": self.batches_done, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: Path) -> ResumeState:
+        if not isinstance(obj, dict):
+            raise _corrupt(where, f"the resume state must be a JSON object, got {type(obj).__name__}")
+        try:
+            return cls(key=obj.get("key"), tensors=obj.get("tensors"), done=[str(x) for x in obj.get("done", [])],
+                       current=obj.get("current"), batches_done=int(obj.get("batches_done", 0)),
+                       step=int(obj.get("step", 0)))
+        except (TypeError, ValueError):
+            raise _corrupt(where, "keys 'done', 'batches_done' and 'step' must be a list and counts") from None
+
+
+def _corrupt(where: Path, what: str) -> InputError:
+    return InputError(f"{where}: {what}; rerun without --resume to start over")
+
+
+def _check_key(state: Any, key: dict[str, Any], where: Path) -> None:
+    """Refuse a state made with other settings, naming the settings that differ."""
+    if not isinstance(state, dict):
+        raise _corrupt(where, f"the resume state must be a JSON object, got {type(state).__name__}")
+    if state.get("key") != key:
+        old = state.get("key") if isinstance(state.get("key"), dict) else {}
+        diff = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
+        raise InputError(
+            f"{where}: cannot resume: the checkpoint was made with different settings "
+            f"({', '.join(diff)}); rerun with the same options or without --resume"
+        )
+
+
+class ResumeStore:
+    """The resume directory of one run: its state, the partial sums, and their atomic replacement."""
+
+    def __init__(self, directory: Path, key: dict[str, Any]):
+        self.dir = directory
+        self.state = ResumeState(key)
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def load(self) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _corrupt(self.state_path, f"unreadable resume state ({exc})") from None
+        _check_key(raw, self.state.key, self.state_path)
+        self.state = ResumeState.from_dict(raw, self.state_path)
+        if self.state.tensors:
+            tensor_file = contained_name(self.dir, self.state.tensors, f"{self.state_path}: key 'tensors'")
+            if not tensor_file.is_file():
+                raise _corrupt(self.state_path, f"names {tensor_file.name}, which is missing")
+            try:
+                self.tensors = dict(load_file(str(tensor_file)))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise _corrupt(self.state_path, f"{tensor_file.name} is not readable ({exc})") from None
+
+    def restore(self, p: Pass) -> None:
+        """Load one pass's partial sums from the state; a state missing them is refused, one line."""
+        try:
+            p.load(self.tensors)
+        except (KeyError, IndexError, RuntimeError) as exc:
+            raise _corrupt(self.state_path, f"the saved sums lack or misshape {exc} for pass {p.name}") from None
+
+    def _write(self) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state.step += 1
+        name = f"sums-{self.state.step:06d}.safetensors"
+        with atomic_file(self.dir / name, record=False) as tmp:  # the state is listed as a whole
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp))
+        self.state.tensors = name
+        with atomic_file(self.state_path, record=False) as tmp:  # replaced last: it names a sums file already complete
+            tmp.write_text(json.dumps(self.state.to_dict(), indent=1), encoding="utf-8")
+        if self._listed not in COMPLETED:  # an interrupted run names the resume state it keeps
+            COMPLETED.append(self._listed)
+        for old in self.dir.glob("sums-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def save_partial(self, p: Pass, batches_done: int) -> None:
+        self.tensors.update(p.export())
+        self.state.current, self.state.batches_done = p.name, batches_done
+        self._write()
+
+    def finish(self, p: Pass, persist: bool) -> None:
+        self.tensors.update(p.export())
+        if p.name not in self.state.done:
+            self.state.done.append(p.name)
+        self.state.current, self.state.batches_done = None, 0
+        if persist:
+            self._write()
+
+    @property
+    def _listed(self) -> Path:
+        return Path(os.path.abspath(self.dir))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._listed in COMPLETED:
+            COMPLETED.remove(self._listed)
+
+
+def open_resume_store(out_dir: Path | None, key: dict[str, Any], *, checkpoint_every: int | None, resume: bool,
+                      reporter: Reporter) -> ResumeStore | None:
+    """The run's resume store: loaded with ``resume``, else a fresh one (an old state is removed); None without -o."""
+    if out_dir is None or not (checkpoint_every or resume):
+        return None
+    store = ResumeStore(out_dir / RESUME_DIR, key)
+    if resume:
+        if store.exists():
+            store.load()
+        else:
+            reporter.warn(f"--resume: no checkpoint under {store.dir}; starting from the beginning")
+    elif store.exists():
+        store.remove()
+    return store
+
+
+# --- running passes ------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs passes batch by batch with optional periodic saves of the resume state and a per-batch callback."""
+
+    def __init__(self, lm: LoadedModel, *, batch_size: int, max_length: int | None, store: ResumeStore | None = None,
+                 checkpoint_every: int | None = None, on_batch: BatchCallback | None = None,
+                 reporter: Reporter | None = None):
+        self.lm = lm
+        self.batch_size = batch_size
+        self.max_length = resolve_max_length(lm, max_length)
+        self.store = store
+        self.checkpoint_every = checkpoint_every
+        self.on_batch = on_batch
+        self.reporter = resolve_reporter(reporter)
+        self.batches = 0
+
+    @torch.no_grad()
+    def run(self, p: Pass) -> list[bool]:
+        """Run one pass (or restore it from the resume state); returns which of its sentences were truncated."""
+        encoded = encode_texts(self.lm.tokenizer, p.texts, self.max_length)
+        store = self.store
+        if store is not None and p.name in store.state.done:
+            store.restore(p)
+            return encoded.truncated
+        start = 0
+        if store is not None and store.state.current == p.name and store.state.batches_done:
+            store.restore(p)
+            start = store.state.batches_done
+        total = num_batches(len(p.texts), self.batch_size)
+        with self.reporter.progress(total, p.name, initial=start) as bar:
+            batches = encode_batches(self.lm.tokenizer, encoded, self.batch_size, self.lm.device)
+            with LastTokenCapture(self.lm, p.want, p.layers) as capture:
+                for i, batch in enumerate(batches):
+                    if i < start:
+                        continue
+                    p.update(capture.run(batch), batch.rows)
+                    self.batches += 1
+                    bar.update(1)
+                    self._after_batch(p, i + 1, total)
+        if store is not None:
+            store.finish(p, persist=bool(self.checkpoint_every))
+        return encoded.truncated
+
+    def _after_batch(self, p: Pass, done: int, total: int) -> None:
+        store, every = self.store, self.checkpoint_every
+        if store is not None and every and done % every == 0 and done < total:
+            store.save_partial(p, done)
+        if self.on_batch is not None:
+            self.on_batch(p.name, done, total)
