@@ -70,7 +70,7 @@ def _imported_names(node: ast.AST, current: str, is_package: bool) -> list[str]:
             prefix = f"{base}.{node.module}" if node.module else base
         else:
             prefix = node.module or ""
-        return [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+        return [f"{prefix}.{alias.name}" for alias in node.names]  # resolved to ``prefix`` when not a module
     return []
 
 

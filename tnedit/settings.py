@@ -32,6 +32,7 @@ class SettingInfo:
     show_default: bool = False
     click_type: Any = None  # a click ParamType or callable overriding the one derived from the annotation
     multiple: bool = False  # repeatable option, collected into a tuple
+    required: bool = False  # the CLI option must be given (click's own "Missing option" error)
 
 
 def setting(
@@ -46,9 +47,10 @@ def setting(
     show_default: bool = False,
     click_type: Any = None,
     multiple: bool = False,
+    required: bool = False,
 ) -> Any:
     """A dataclass field with its help text and how the CLI and recipes spell it."""
-    info = SettingInfo(help, tuple(flags), cli, recipe, metavar, show_default, click_type, multiple)
+    info = SettingInfo(help, tuple(flags), cli, recipe, metavar, show_default, click_type, multiple, required)
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={SETTING_KEY: info})
     return dataclasses.field(default=default, metadata={SETTING_KEY: info})

@@ -6,7 +6,6 @@ The options are generated from :class:`~tnedit.evaluate.settings.EvaluateSetting
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,9 @@ OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "d
            "gen_batch_size", "dtype", "device", "revision", "force")
 
 
-def _required(*names: str) -> Callable[[Any], Any]:
-    """Make generated options required (click's own "Missing option" error), as --lang always was."""
-
-    def decorate(command: Any) -> Any:
-        for param in getattr(command, "__click_params__", []):
-            if param.name in names:
-                param.required = True
-        return command
-
-    return decorate
-
-
 @click.command(context_settings={"show_default": True})
 @click.argument("original")
 @click.argument("edited", required=False, type=click.Path(file_okay=False))
-@_required("languages")
 @settings_options(EvaluateSettings, only=("neurons", "languages"))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @settings_options(EvaluateSettings, only=OPTIONS)

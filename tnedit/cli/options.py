@@ -60,23 +60,25 @@ def warn(message: str) -> None:
 class ClickReporter(TqdmReporter):
     """The CLI's reporter: tqdm bars (none with ``--quiet``), warnings as ``tnedit: warning:`` lines."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, log: bool = True):
         self.quiet = quiet
         self.shows_bars = not quiet
+        self.logs = log and not quiet
 
     def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
         return ProgressBar() if self.quiet else super().bar(total, desc, unit, initial)
 
     def log(self, message: str) -> None:
-        if not self.quiet:
+        if self.logs:
             click.echo(message, err=True)
 
     def warn(self, message: str) -> None:
         warn(message)
 
 
-def reporter_for(quiet: bool) -> ClickReporter:
-    return ClickReporter(quiet)
+def reporter_for(quiet: bool, log: bool = True) -> ClickReporter:
+    """The reporter a verb passes to the library; ``log=False`` keeps bars and warnings but drops log lines."""
+    return ClickReporter(quiet, log)
 
 
 # --- options generated from settings fields --------------------------------------------------------
@@ -105,11 +107,12 @@ def _option(field: SettingField) -> Any:
         return click.option(*declarations, is_flag=True, default=bool(default), help=help_text)
     if field.info.multiple:
         return click.option(*declarations, multiple=True, default=(), type=_click_type(field), help=help_text,
-                            metavar=field.info.metavar)
+                            metavar=field.info.metavar, required=field.info.required)
     if isinstance(default, (list, tuple)):
         default = None
     return click.option(*declarations, type=_click_type(field), default=default, help=help_text,
-                        show_default=field.info.show_default, metavar=field.info.metavar)
+                        show_default=field.info.show_default, metavar=field.info.metavar,
+                        required=field.info.required)
 
 
 def cli_fields(cls: type, only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[SettingField]:

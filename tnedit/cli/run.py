@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tnedit.cli.options import ClickReporter, emit, json_option, quiet_option, reporter_for
-
-
-class _JsonReporter(ClickReporter):
-    """``--json``: bars and warnings as usual, but no step lines (the JSON result lists the steps)."""
-
-    def log(self, message: str) -> None:
-        pass
+from tnedit.cli.options import emit, json_option, quiet_option, reporter_for
 
 
 def _summary_table(headline: list[dict]) -> str:
@@ -79,7 +72,7 @@ def run(recipe, overrides, force, dry_run, quiet, as_json):
         return
     from tnedit.recipes import RecipeRunner
 
-    reporter = _JsonReporter(quiet) if as_json else reporter_for(quiet)
+    reporter = reporter_for(quiet, log=not as_json)  # --json lists the steps itself
     result = RecipeRunner(parsed, force=force, reporter=reporter).run()
     summary = {
         "recipe": parsed.name,

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from tnedit.versions import package_versions
 from tnedit.architectures import hidden_size, neuron_axis
 from tnedit.checkpoint import (
     Checkpoint,
@@ -52,6 +51,7 @@ from tnedit.formats.provenance import (
     read_previous,
 )
 from tnedit.reporting import Reporter, resolve_reporter
+from tnedit.versions import package_versions
 
 
 @dataclass

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from tnedit import package_versions
 from tnedit.checkpoint import resolve_source
 from tnedit.corpus import load_corpus
 from tnedit.errors import InputError
@@ -45,6 +44,7 @@ from tnedit.formats.report import REPORT_FORMAT, REPORT_MARKDOWN_NAME, REPORT_NA
 from tnedit.model.loading import load_model
 from tnedit.qa import QAItem, load_qa
 from tnedit.reporting import ProgressBar, Reporter, resolve_reporter
+from tnedit.versions import package_versions
 
 # --- inputs -------------------------------------------------------------------------------------
 

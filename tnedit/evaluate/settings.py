@@ -46,7 +46,7 @@ class EvaluateSettings:
 
     original: str = setting("", cli=False, recipe=False, help="The original model: a local directory or a Hub id.")
     languages: list[str] = setting(
-        default_factory=list, flags=("--lang",), multiple=True,
+        default_factory=list, flags=("--lang",), multiple=True, required=True,
         help="Target language(s) compared with English; repeat or comma-separate (ja or ja,ko).")
     edited: str | None = setting(None, cli=False, recipe=False, help="A baked checkpoint directory (EDITED_DIR).")
     neurons: str | NeuronSet | None = setting(

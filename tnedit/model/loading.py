@@ -9,9 +9,6 @@ from typing import Any
 
 import torch
 
-from tnedit.checkpoint import open_checkpoint, resolve_source
-from tnedit.errors import InputError
-from tnedit.formats.neurons import ModelInfo, fingerprint
 from tnedit.architectures import (
     Architecture,
     ConfigShape,
@@ -20,6 +17,9 @@ from tnedit.architectures import (
     resolve_module,
     text_config,
 )
+from tnedit.checkpoint import open_checkpoint, resolve_source
+from tnedit.errors import InputError
+from tnedit.formats.neurons import ModelInfo, fingerprint
 
 DTYPES = {
     "float32": torch.float32,
