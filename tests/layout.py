@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tnedit"
 
 # Lowest first. A module may import modules of its own package and of packages on lower layers only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tnedit.errors", "tnedit.versions"),
+    ("tnedit.errors", "tnedit.versions", "tnedit.exports"),
     ("tnedit.reporting", "tnedit.settings", "tnedit.formats"),
     ("tnedit.architectures",),
     ("tnedit.checkpoint", "tnedit.corpus", "tnedit.qa"),

@@ -71,3 +71,12 @@ def test_torch_free_modules_import_without_torch(floor):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("package", ["tnedit", "tnedit.identify", "tnedit.edit", "tnedit.evaluate", "tnedit.recipes"])
+def test_every_lazily_exported_name_resolves(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert missing == []

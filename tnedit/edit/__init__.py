@@ -11,8 +11,9 @@ Names are exported lazily, so importing the package (``tnedit apply --help`` doe
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tnedit.exports import lazy_exports
 
 _EXPORTS = {
     "Op": "spec",
@@ -76,15 +77,4 @@ if TYPE_CHECKING:
         make_edit_spec,
     )
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tnedit.edit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tnedit.edit.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,7 @@ public names below are imported lazily, so ``import tnedit.evaluate.settings`` (
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tnedit.exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "EvaluateSettings": "tnedit.evaluate.settings",
@@ -47,14 +46,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tnedit.evaluate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

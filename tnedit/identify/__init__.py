@@ -10,8 +10,7 @@ fp64 sums), ``resume`` (the runner and the on-disk resume state), ``selection`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tnedit.exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "PassSettings": "settings",
@@ -41,13 +40,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tnedit.identify' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"tnedit.identify.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,9 @@ settings classes; :func:`load_recipe` reads, overrides, expands and checks it (:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tnedit.exports import lazy_exports
 from tnedit.recipes.loading import load_recipe, parse_override
 from tnedit.recipes.paths import check_inputs
 from tnedit.recipes.schema import Recipe, recipe_to_dict
@@ -19,10 +20,5 @@ if TYPE_CHECKING:
 
 __all__ = ["Recipe", "RecipeRunner", "check_inputs", "load_recipe", "parse_override", "recipe_to_dict"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "RecipeRunner":  # the runner imports the pipelines (torch); loading a recipe does not
-        from tnedit.recipes.runner import RecipeRunner
-
-        return RecipeRunner
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The runner imports the pipelines (torch); loading a recipe does not.
+__getattr__, __dir__ = lazy_exports(__name__, {"RecipeRunner": "runner"})
