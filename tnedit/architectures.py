@@ -65,7 +65,7 @@ class Architecture:
         if self.is_parallel(config):
             return ("parallel", str(self.parallel_attention))
         if self.residual_input_of is None:
-            raise ValueError(f"{self.name}: no residual rule for this configuration")
+            raise UnsupportedArchitectureError(f"{self.name}: no residual rule for this configuration")
         return ("input_of", self.residual_input_of)
 
 

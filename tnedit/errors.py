@@ -42,6 +42,14 @@ class RecipeError(InputError):
     """A recipe file that does not validate."""
 
 
+class ReportError(InputError, ValueError):
+    """A report dict or report.json that is not a valid ``tnedit.report/1`` (a ValueError for library callers)."""
+
+
+class LibraryUsageError(TneditError, RuntimeError):
+    """A library API called out of order (a RuntimeError for library callers); the CLI never triggers it."""
+
+
 class HubError(TneditError):
     """A Hub upload that failed: authentication, network or checksum."""
 

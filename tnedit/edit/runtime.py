@@ -15,7 +15,7 @@ import numpy as np
 from tnedit.architectures import Architecture, decoder_layers, get_architecture, neuron_axis, resolve_module
 from tnedit.edit.numeric import patch_slices, restore_slices
 from tnedit.edit.spec import EditSpec, Positions, check_neuron_range, make_edit_spec
-from tnedit.errors import InputError
+from tnedit.errors import InputError, LibraryUsageError
 from tnedit.formats.neurons import Neuron, NeuronSet
 from tnedit.model.hooks import HookSet
 
@@ -192,7 +192,7 @@ class RuntimeEdit:
         if self.positions == "all":
             return None
         if self._mask is None:
-            raise RuntimeError("RuntimeEdit: call set_attention_mask() before each forward")
+            raise LibraryUsageError("RuntimeEdit: call set_attention_mask() before each forward")
         mask = self._mask.to(x.device)
         if x.dim() == 2:  # layers that flatten (batch, time) first, e.g. OPT
             return mask.reshape(-1) if mask.numel() == x.shape[0] else False

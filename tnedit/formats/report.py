@@ -18,17 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnedit.errors import InputError
+from tnedit.errors import ReportError
 
 REPORT_FORMAT = "tnedit.report/1"
 REPORT_NAME = "report.json"
 REPORT_MARKDOWN_NAME = "report.md"
 
 Number = int | float
-
-
-class ReportError(InputError, ValueError):
-    """A report dict or report.json that is not a valid ``tnedit.report/1`` (a ValueError for library callers)."""
 
 
 @dataclass
