@@ -68,7 +68,7 @@ def build_random_llama(args, device, dtype):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny import make_tokenizer
+    from tests.support.tiny import make_tokenizer
     from tnedit.architectures import get_architecture
     from tnedit.model.loading import LoadedModel
 
@@ -95,12 +95,12 @@ def build_random_llama(args, device, dtype):
 
 
 def default_model(tmp: Path) -> str:
-    from tests.models import MARKER, models_cache
+    from tests.support.models import MARKER, models_cache
 
     real = models_cache() / "gemma3-270m"
     if (real / MARKER).is_file():
         return str(real)
-    from tests.tiny import make_tiny
+    from tests.support.tiny import make_tiny
 
     return str(make_tiny("llama", tmp, subdir="bench-llama", num_hidden_layers=6, hidden_size=256,
                          intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4))

@@ -24,9 +24,9 @@ except ImportError:  # pragma: no cover
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
-    """Print the bad-input matrix (tests/hostile.py) when any case ran."""
+    """Print the bad-input matrix (tests/support/hostile.py) when any case ran."""
     try:
-        from tests.hostile import MATRIX, matrix_table
+        from tests.support.hostile import MATRIX, matrix_table
     except ImportError:  # pragma: no cover
         return
     if MATRIX:
@@ -47,7 +47,7 @@ def one_torch_thread():
 @pytest.fixture
 def read_only_dir(tmp_path):
     """An empty read-only directory (a bind mount); skipped where mounting is not allowed."""
-    from tests.hostile import read_only
+    from tests.support.hostile import read_only
 
     target = tmp_path / "ro"
     target.mkdir()
@@ -58,7 +58,7 @@ def read_only_dir(tmp_path):
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MiB tmpfs, to fill a disk; skipped where mounting is not allowed."""
-    from tests.hostile import mounted
+    from tests.support.hostile import mounted
 
     target = tmp_path / "disk"
     target.mkdir()

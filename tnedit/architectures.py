@@ -240,6 +240,33 @@ def text_config(config: Mapping[str, Any], arch: Architecture) -> Mapping[str, A
     return config
 
 
+# Where multimodal wrappers keep their decoder's config: every text_config_key of the registry.
+NESTED_CONFIG_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(a.text_config_key for a in ARCHITECTURES if a.text_config_key)
+)
+
+# The attribute that holds a norm module's epsilon, by library convention, tried in order.
+NORM_EPS_ATTRIBUTES: tuple[str, ...] = ("eps", "variance_epsilon")
+
+
+def config_value(config: Mapping[str, Any], key: str) -> Any:
+    """``config[key]``, else the same key of a wrapper's nested decoder config; for configs not yet matched."""
+    if config.get(key):
+        return config[key]
+    for nested in NESTED_CONFIG_KEYS:
+        inner = config.get(nested)
+        if isinstance(inner, Mapping) and inner.get(key):
+            return inner[key]
+    return None
+
+
+def norm_epsilon(norm: Any, default: float = 1e-6) -> float:
+    for name in NORM_EPS_ATTRIBUTES:
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    return default
+
+
 def _first_key(cfg: Mapping[str, Any], keys: Iterable[str]) -> int | None:
     for key in keys:
         value = cfg.get(key)

@@ -7,12 +7,10 @@ the source (file, line, language) and what was expected. QA items live in :mod:`
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Protocol
 
 from tnedit.errors import CorpusError
 from tnedit.formats.digest import sha256_json_lines
+from tnedit.formats.text_files import numbered_lines, read_text_file
 
 __all__ = [
     "BUILTIN_LANGUAGES",
@@ -148,30 +147,6 @@ class ParallelCorpus:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def _read_text(path: Path, shown: str) -> str:
-    if not path.exists():
-        raise CorpusError(f"{shown}: no such file")
-    if not path.is_file():
-        raise CorpusError(f"{shown}: not a file")
-    try:
-        raw = path.read_bytes()
-        if path.suffix.lower() == ".gz":
-            raw = gzip.decompress(raw)
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
-    except (OSError, EOFError) as exc:
-        raise CorpusError(f"{shown}: cannot read ({exc})") from None
-
-
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) for every non-blank line; only ``\\n``/``\\r\\n`` end a line."""
-    for i, line in enumerate(io.StringIO(text, newline="\n"), 1):
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield i, line
-
-
 def _kind(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -201,7 +176,7 @@ def _missing_column(source: str, missing: Sequence[str], available: Sequence[str
 
 
 def _parse_tsv(text: str, shown: str, want: tuple[str, ...], limit: int | None) -> ParallelCorpus:
-    lines = _lines(text)
+    lines = numbered_lines(text)
     first = next(lines, None)
     if first is None:
         raise CorpusError(f"{shown}: empty file; expected a header row of language codes (e.g. 'en<TAB>ja')")
@@ -248,7 +223,7 @@ def _parse_jsonl(text: str, shown: str, want: tuple[str, ...], limit: int | None
     keep: tuple[str, ...] = want
     cols: dict[str, list[str]] = {}
     n = 0
-    for lineno, line in _lines(text):
+    for lineno, line in numbered_lines(text):
         if limit is not None and n >= limit:
             break
         try:
@@ -353,7 +328,7 @@ def _load_hf(spec: str, want: tuple[str, ...], limit: int | None) -> ParallelCor
 
 @lru_cache(maxsize=1)
 def _builtin() -> ParallelCorpus:
-    text = _read_text(_BUILTIN_TSV, f"{BUILTIN_SOURCE} ({_BUILTIN_TSV})")
+    text = read_text_file(_BUILTIN_TSV, f"{BUILTIN_SOURCE} ({_BUILTIN_TSV})", CorpusError)
     corpus = _parse_tsv(text, BUILTIN_SOURCE, (), None)
     if corpus.languages != BUILTIN_LANGUAGES:  # pragma: no cover - guards the shipped file
         raise CorpusError(f"{BUILTIN_SOURCE}: header {corpus.languages} differs from {BUILTIN_LANGUAGES}")
@@ -387,7 +362,7 @@ def _load_file(shown: str, want: tuple[str, ...], limit: int | None) -> Parallel
             f"{shown}: unknown file type '{kind}'; expected .tsv or .txt (tab-separated, header row of "
             "language codes), .jsonl (one {\"en\": ..., \"ja\": ...} object per line) or hf:NAME[:CONFIG]"
         )
-    text = _read_text(path, shown)
+    text = read_text_file(path, shown, CorpusError)
     return (_parse_tsv if kind == "tsv" else _parse_jsonl)(text, shown, want, limit)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from tnedit.checkpoint import read_header, require_directory, sha256_files
 from tnedit.checkpoint.verify import missing_weights, weights_problem
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
-from tnedit.formats.card import read_front_matter, render_card, strip_front_matter
+from tnedit.formats.card import card_problems, complete_front_matter, read_front_matter, render_card
 from tnedit.formats.provenance import (
     CARD_NAME,
     NOT_A_CHECKPOINT,
@@ -141,40 +141,6 @@ def _source_card(path: Path) -> str | None:
     return metadata.get("source_card") if metadata.get("source_had_card") == "1" else None
 
 
-def card_problems(meta: dict[str, Any], provenance: Provenance) -> list[str]:
-    """What the card's Hub front matter lacks: base_model, library_name, the tnedit tag, the licence."""
-    problems = [f"no {key}" for key in ("base_model", "library_name") if not meta.get(key)]
-    tags = meta.get("tags") or []
-    if "tnedit" not in (tags if isinstance(tags, list) else [tags]):
-        problems.append("tags lack 'tnedit'")
-    licence = provenance.source.license
-    if licence and not meta.get("license"):
-        problems.append(f"no license (the base model's is {licence})")
-    return problems
-
-
-def _repair_card(text: str, provenance: Provenance, expected: dict[str, Any]) -> str:
-    """Add the missing Hub metadata to ``text``'s front matter; keep every key the author set."""
-    import yaml
-
-    meta = dict(read_front_matter(text))
-    for key in ("base_model", "library_name"):
-        if not meta.get(key) and expected.get(key):
-            meta[key] = expected[key]
-    licence = provenance.source.license
-    if licence and not meta.get("license"):
-        for key in ("license", "license_name", "license_link"):
-            if expected.get(key) is not None:
-                meta[key] = expected[key]
-        meta.setdefault("license", licence)
-    tags = meta.get("tags") or []
-    tags = list(tags) if isinstance(tags, list) else [tags]
-    meta["tags"] = tags + [t for t in expected.get("tags") or ["tnedit"] if t not in tags]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip()
-    body = strip_front_matter(text).lstrip("\n")
-    return f"---\n{front}\n---\n\n{body}"
-
-
 def prepare_card(path: Path, provenance: Provenance) -> tuple[bytes, str, list[str]]:
     """The README.md to upload, its status (as-is / repaired / regenerated) and notes.
 
@@ -197,7 +163,7 @@ def prepare_card(path: Path, provenance: Provenance) -> tuple[bytes, str, list[s
     problems = card_problems(read_front_matter(text), provenance)
     if not problems:
         return raw, "as-is", []
-    repaired = _repair_card(text, provenance, read_front_matter(expected_text))
+    repaired = complete_front_matter(text, provenance, read_front_matter(expected_text))
     note = (
         f"{CARD_NAME} front matter: {'; '.join(problems)}; uploading it with the metadata added (local file unchanged)"
     )
@@ -491,6 +457,6 @@ def _push(api: Any, settings: PushSettings, plan: PushPlan, reporter: Reporter) 
 
 
 __all__ = [
-    "PushPlan", "PushResult", "PushSettings", "card_problems", "default_message", "git_blob_sha1", "hub_error",
+    "PushPlan", "PushResult", "PushSettings", "default_message", "git_blob_sha1", "hub_error",
     "plan_push", "prepare_card", "prepare_dir", "push_checkpoint", "verify_remote",
 ]

@@ -6,16 +6,15 @@ one-line message names the file, the line and what was expected.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tnedit.errors import CorpusError
+from tnedit.formats.text_files import numbered_lines, read_text_file
 
 __all__ = ["BUILTIN_QA", "QAItem", "load_qa"]
 
@@ -31,33 +30,6 @@ class QAItem:
     id: str
     question: str
     answers: tuple[str, ...]
-
-
-# --- reading the file (the same rules as tnedit.corpus: UTF-8, optionally .gz, blank lines skipped) ---
-
-
-def _read_text(path: Path, shown: str) -> str:
-    if not path.exists():
-        raise CorpusError(f"{shown}: no such file")
-    if not path.is_file():
-        raise CorpusError(f"{shown}: not a file")
-    try:
-        raw = path.read_bytes()
-        if path.suffix.lower() == ".gz":
-            raw = gzip.decompress(raw)
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
-    except (OSError, EOFError) as exc:
-        raise CorpusError(f"{shown}: cannot read ({exc})") from None
-
-
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) for every non-blank line; only ``\\n``/``\\r\\n`` end a line."""
-    for number, line in enumerate(io.StringIO(text, newline="\n"), 1):
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield number, line
 
 
 # --- one line ---------------------------------------------------------------------------------------
@@ -146,7 +118,7 @@ def load_qa(path: str | os.PathLike[str] | None, language: str) -> list[QAItem]:
         where = os.fspath(path)
         file = Path(where).expanduser()
     items: list[QAItem] = []
-    for lineno, line in _lines(_read_text(file, where)):
+    for lineno, line in numbered_lines(read_text_file(file, where, CorpusError)):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:

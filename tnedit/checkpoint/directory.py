@@ -20,6 +20,7 @@ from tnedit.architectures import (
     ConfigShape,
     UnknownArchitecture,
     architecture_for_config,
+    config_value,
     find_layer_prefix,
     out_proj_key,
 )
@@ -227,7 +228,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _quantization_error(path: Path, config: Mapping[str, Any]) -> None:
-    qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    qc = config_value(config, "quantization_config")
     if qc:
         method = qc.get("quant_method", "unknown") if isinstance(qc, Mapping) else "unknown"
         raise CheckpointError(

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from tnedit.architectures import config_value
 from tnedit.checkpoint import open_checkpoint, read_config
 from tnedit.checkpoint.verify import weights_problem
 from tnedit.edit.spec import EditSpec, check_neuron_range, make_edit_spec
@@ -117,7 +118,7 @@ def _file_hashes(path: Path) -> dict[str, str]:
 
 
 def _vocab_size(config: dict[str, Any]) -> Any:
-    return config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return config_value(config, "vocab_size")
 
 
 def check_tokenizers(original_path: Path, edited_path: Path, probes: Sequence[str]) -> str:

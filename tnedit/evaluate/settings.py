@@ -27,13 +27,16 @@ NOT_NEGATIVE = ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """What greedy continuations and QA need (:func:`tnedit.evaluate.generation.run_generation`)."""
+    """What greedy continuations and QA need (:func:`tnedit.evaluate.generation.run_generation`).
 
-    n_gen: int = 3
-    n_langid: int = 16
-    max_new_tokens: int = 20
-    qa_max_new_tokens: int = 10
-    gen_batch_size: int = 64
+    Built by :attr:`EvaluateSettings.generation`, whose fields declare the defaults and help: none here.
+    """
+
+    n_gen: int
+    n_langid: int
+    max_new_tokens: int
+    qa_max_new_tokens: int
+    gen_batch_size: int
 
 
 @dataclass

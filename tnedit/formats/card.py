@@ -171,3 +171,38 @@ def render_card(provenance: Provenance | Mapping[str, Any], source_card: str | N
             section("source-card", "## Base model card\n\n" + strip_front_matter(source_card).strip()),
         ]
     return "\n".join(body).rstrip() + "\n"
+
+
+# --- checking a card before it is published ------------------------------------------------------
+
+
+def card_problems(meta: dict[str, Any], provenance: Provenance) -> list[str]:
+    """What the card's Hub front matter lacks: base_model, library_name, the tnedit tag, the licence."""
+    problems = [f"no {key}" for key in ("base_model", "library_name") if not meta.get(key)]
+    tags = meta.get("tags") or []
+    if "tnedit" not in (tags if isinstance(tags, list) else [tags]):
+        problems.append("tags lack 'tnedit'")
+    licence = provenance.source.license
+    if licence and not meta.get("license"):
+        problems.append(f"no license (the base model's is {licence})")
+    return problems
+
+
+def complete_front_matter(text: str, provenance: Provenance, expected: dict[str, Any]) -> str:
+    """Add the missing Hub metadata to ``text``'s front matter; keep every key the author set."""
+    meta = dict(read_front_matter(text))
+    for key in ("base_model", "library_name"):
+        if not meta.get(key) and expected.get(key):
+            meta[key] = expected[key]
+    licence = provenance.source.license
+    if licence and not meta.get("license"):
+        for key in ("license", "license_name", "license_link"):
+            if expected.get(key) is not None:
+                meta[key] = expected[key]
+        meta.setdefault("license", licence)
+    tags = meta.get("tags") or []
+    tags = list(tags) if isinstance(tags, list) else [tags]
+    meta["tags"] = tags + [t for t in expected.get("tags") or ["tnedit"] if t not in tags]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip()
+    body = strip_front_matter(text).lstrip("\n")
+    return f"---\n{front}\n---\n\n{body}"

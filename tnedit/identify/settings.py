@@ -93,12 +93,10 @@ class PassSettings:
     """What every pass over a model and a corpus needs: identify and LAPE share these."""
 
     model: str = setting("", help="A local model directory or a Hub id.", cli=False, recipe=False)
-    lang: Sequence[str] = setting(
-        default_factory=list, multiple=True, recipe=False,
+    langs: Sequence[str] = setting(
+        default_factory=list, multiple=True, recipe=False, flags=("--lang", "--langs"),
         help="Target language(s): --lang ja --lang ko or --lang ja,ko. Default: every non-English language of "
-             "the data.")
-    langs: Sequence[str] = setting(default_factory=list, multiple=True,
-                                   help="Same as --lang (LAPE lists every language, en included).")
+             "the data. LAPE lists every language, en included.")
     data: str | None = setting(None, help="TSV (header of language codes), JSONL or hf:NAME[:CONFIG]. "
                                           "Default: the built-in corpus.")
     limit: int | None = setting(None, help="Use only the first N pairs.")
@@ -117,8 +115,8 @@ class PassSettings:
         help="Output directory (default ./tnedit-identify/<model-name>); a .json file for --control.")
 
     def languages(self) -> list[str]:
-        """``lang`` and ``langs`` together: unique codes in the order given."""
-        return parse_languages([*_items(self.lang), *_items(self.langs)])
+        """The target languages: unique codes in the order given (``["ja,ko", "it"]`` → ja, ko, it)."""
+        return parse_languages(_items(self.langs))
 
     def check_batch_size(self) -> None:
         if self.batch_size < 1:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tnedit.architectures import norm_epsilon
 from tnedit.model.batching import Batch, gather_last
 from tnedit.model.hooks import HookSet
 from tnedit.model.loading import LoadedModel
@@ -105,7 +106,7 @@ class LastTokenCapture:
         return hook
 
     def _out_norm_scale(self, layer: int, norm: Any) -> Any:
-        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        eps = norm_epsilon(norm)
         offset = self.lm.arch.out_norm_offset
 
         def hook(_module: Any, args: Any) -> None:

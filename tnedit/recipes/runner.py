@@ -174,7 +174,7 @@ class RecipeRunner:
         r = self.recipe
         settings = self._identify_settings()
         if r.identify.method == "lape":
-            lape = lape_settings(settings, lang=lape_languages(r), data=r.data.resolve(r.data.source, r.languages[0]))
+            lape = lape_settings(settings, langs=lape_languages(r), data=r.data.resolve(r.data.source, r.languages[0]))
             sets = run_lape(lape, reporter=self.reporter)
             for lang, neuron_set in sets.items():
                 neuron_set.save(directory / f"neurons-{lang}-lape.json")
@@ -183,7 +183,7 @@ class RecipeRunner:
         groups = [[lang] for lang in r.languages] if per_language else [list(r.languages)]
         summaries = []
         for langs in groups:
-            run = dataclasses.replace(settings, lang=langs, data=r.data.resolve(r.data.source, langs[0]),
+            run = dataclasses.replace(settings, langs=langs, data=r.data.resolve(r.data.source, langs[0]),
                                       output=directory)
             summaries.append(run_identify(run, reporter=self.reporter).summary())
         return {"runs": summaries}

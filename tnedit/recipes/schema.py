@@ -25,7 +25,7 @@ from tnedit.errors import InputError, RecipeError
 from tnedit.evaluate.settings import Control, EvaluateSettings
 from tnedit.formats.outputs import contained_name
 from tnedit.hub import PushSettings
-from tnedit.identify.settings import IdentifySettings
+from tnedit.identify.settings import IdentifySettings, PassSettings
 from tnedit.settings import (
     SETTING_KEY,
     SettingInfo,
@@ -42,12 +42,25 @@ EVALUATE_METRICS = ("representations", "perplexity", "generation", "qa")
 Step = TypeVar("Step")
 
 
+def recipe_default(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """The field ``name`` of the settings class ``cls`` (its help and spelling), with the default a recipe has.
+
+    Without ``default`` the field keeps the settings' own default: the recipe declares nothing again.
+    """
+    inherited = cls.__dataclass_fields__[name]
+    if default is dataclasses.MISSING:
+        default = inherited.default
+    return dataclasses.field(default=default, metadata=inherited.metadata)
+
+
 @dataclass
 class ModelSettings:
-    name: str = ""
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
+    """The model every step reads; ``revision``, ``dtype`` and ``device`` are the identify settings' fields."""
+
+    name: str = setting("", help="A Hub id or a local model directory.")
+    revision: str | None = recipe_default(PassSettings, "revision")
+    dtype: str = recipe_default(PassSettings, "dtype")
+    device: str = recipe_default(PassSettings, "device")
 
 
 @dataclass
@@ -89,11 +102,6 @@ def not_in_recipe(*names: str) -> Callable[[type[Step]], type[Step]]:
         return cls
 
     return decorate
-
-
-def recipe_default(cls: type, name: str, default: Any) -> Any:
-    """The field ``name`` of the settings class ``cls`` (its help and spelling) with the default a recipe has."""
-    return dataclasses.field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
 
 @not_in_recipe("langs", "data", "limit", "dtype", "device", "revision", "seed", "checkpoint_every")
