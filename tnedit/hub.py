@@ -23,6 +23,7 @@ from tnedit.checkpoint import read_header, require_directory, sha256_files
 from tnedit.checkpoint.verify import missing_weights, weights_problem
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
 from tnedit.formats.card import card_problems, complete_front_matter, read_front_matter, render_card
+from tnedit.formats.digest import sha256_bytes
 from tnedit.formats.provenance import (
     CARD_NAME,
     NOT_A_CHECKPOINT,
@@ -299,7 +300,7 @@ def verify_remote(info: Any, prepared: PreparedDir, repo: str, revision: str) ->
     remote = {s.rfilename: s for s in siblings}
     weights = prepared.provenance.weights
     notes: list[str] = []
-    expected = {**prepared.sha256, CARD_NAME: hashlib.sha256(prepared.card).hexdigest()}
+    expected = {**prepared.sha256, CARD_NAME: sha256_bytes(prepared.card)}
     for name in sorted(expected, key=lambda n: (n not in weights, n)):
         sibling = remote.get(name)
         if sibling is None:

@@ -438,7 +438,55 @@ def test_bad_input_gives_the_same_message_and_exit_code(tiny: Pair, case: str) -
     assert tiny.current.normalised(current.stdout) == tiny.baseline.normalised(base.stdout)
 
 
-# --- 5. Gemma-3-270M -------------------------------------------------------------------------------
+# --- 5. files written before the move -------------------------------------------------------------
+
+
+def test_files_the_baseline_wrote_load_with_the_current_readers(tiny: Pair) -> None:
+    """Old neurons, scores, provenance and report files load unchanged and round-trip key for key."""
+    from tnedit.formats.neurons import load_neurons
+    from tnedit.formats.provenance import NOT_A_CHECKPOINT, Provenance, read_provenance
+    from tnedit.formats.report import load_report
+    from tnedit.formats.scores import ScoresFile
+
+    out = tiny.baseline.root / "out"
+    neuron_files = sorted(out.glob("identify-*/neurons-*.json")) + sorted(out.glob("control-*.json"))
+    neuron_files += sorted(out.glob("lape/*.json"))
+    assert len(neuron_files) >= 6
+    for path in neuron_files:
+        assert load_neurons(path).to_dict() == _json(path), path
+    scores = sorted(out.glob("identify-*/scores-*.safetensors"))
+    assert scores
+    for path in scores:
+        assert ScoresFile.load(path).model.num_layers > 0, path
+    edited = sorted(out.glob("apply-*"))
+    assert len(edited) == len(APPLY_CASES)
+    for directory in edited:
+        recorded = _json(directory / "tnedit.json")
+        assert Provenance.from_dict(recorded, directory).to_dict() == recorded, directory
+        assert read_provenance(directory, complete=True, missing=NOT_A_CHECKPOINT).to_dict() == recorded
+    reports = sorted(out.glob("evaluate-*/report.json"))
+    assert len(reports) == len(EVALUATE_CASES)
+    for path in reports:
+        assert load_report(path).to_dict() == _json(path), path
+
+
+@pytest.mark.parametrize("case", ["llama-float32-scale", "llama-sharded-zero", "gpt2-scale"])
+def test_current_revert_restores_a_checkpoint_the_baseline_wrote(tiny: Pair, case: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.hostile import run_cli
+
+    tiny.succeeded(f"revert-{case}")
+    reverted = tmp_path / "reverted"
+    code, _, err = run_cli(["revert", str(tiny.baseline.root / f"out/apply-{case}"), "-o", str(reverted), *Q],
+                           capsys)
+    assert code == 0, err
+    expected = tiny.baseline.root / f"out/revert-{case}"
+    names = file_listing(expected)
+    assert file_listing(reverted) == names
+    assert not byte_differences(expected, reverted, names)
+
+
+# --- 6. Gemma-3-270M -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -19,15 +19,15 @@ import click
 
 # verb -> "module:attribute" under tnedit.cli
 VERBS: dict[str, str] = {
-    "identify": "identify:identify",
-    "select": "identify:select",
-    "compare": "identify:compare",
-    "apply": "apply:apply",
-    "revert": "apply:revert",
-    "inspect": "apply:inspect",
-    "evaluate": "evaluate:evaluate",
-    "push": "push:push",
-    "run": "run:run",
+    "identify": "identify:identify_command",
+    "select": "identify:select_command",
+    "compare": "identify:compare_command",
+    "apply": "apply:apply_command",
+    "revert": "apply:revert_command",
+    "inspect": "apply:inspect_command",
+    "evaluate": "evaluate:evaluate_command",
+    "push": "push:push_command",
+    "run": "run:run_command",
 }
 
 SHORT_HELP: dict[str, str] = {

@@ -47,7 +47,7 @@ def _summary(result: Any) -> dict[str, Any]:
     }
 
 
-@click.command(context_settings={"show_default": True})
+@click.command("apply", context_settings={"show_default": True})
 @click.argument("model")
 @click.argument("neurons_file", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
@@ -58,7 +58,7 @@ def _summary(result: Any) -> dict[str, Any]:
 @click.option("--push-to-hub", "push_repo", metavar="REPO", help="Then upload OUT to this Hub repo.")
 @quiet_option
 @json_option
-def apply(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_json, **params):
+def apply_command(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_json, **params):
     """Bake zeroing or scaling of NEURONS into MODEL's MLP output projection; write OUT.
 
     MODEL is a local directory or a Hub id. NEURONS_FILE is a neurons.json from `tnedit identify`,
@@ -95,13 +95,13 @@ def apply(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_json, **
     emit(summary, as_json, f"wrote {result.out}: {spec.describe()} in {len(summary['per_layer'])} layer(s)")
 
 
-@click.command()
+@click.command("revert")
 @click.argument("edited", type=click.Path(file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @quiet_option
 @json_option
-def revert(edited, out, overwrite, quiet, as_json):
+def revert_command(edited, out, overwrite, quiet, as_json):
     """Write OUT with the original weights of the checkpoint EDITED was made from (same SHA-256).
 
     The revert file and every edited weight file are checked against the SHA-256s in EDITED's
@@ -140,12 +140,12 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command("inspect")
 @click.argument("neurons_file", type=click.Path(dir_okay=False))
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="How many top neurons to list.")
 @quiet_option
 @json_option
-def inspect(neurons_file, top, quiet, as_json):
+def inspect_command(neurons_file, top, quiet, as_json):
     """Show a neuron set: model, method, per-layer counts and the top neurons."""
     from dataclasses import asdict
 

@@ -20,7 +20,7 @@ OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "d
            "gen_batch_size", "dtype", "device", "revision", "force")
 
 
-@click.command(context_settings={"show_default": True})
+@click.command("evaluate", context_settings={"show_default": True})
 @click.argument("original")
 @click.argument("edited", required=False, type=click.Path(file_okay=False))
 @settings_options(EvaluateSettings, only=("neurons", "languages"))
@@ -32,7 +32,7 @@ OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "d
                    "tnedit apply (usually EDITED), never ORIGINAL.")
 @quiet_option
 @json_option
-def evaluate(original: str, edited: str | None, out: str, overwrite: bool, card_dir: str | None, quiet: bool,
+def evaluate_command(original: str, edited: str | None, out: str, overwrite: bool, card_dir: str | None, quiet: bool,
              as_json: bool, **options: Any) -> None:
     """Compare ORIGINAL with EDITED (a baked checkpoint dir) or with --neurons applied as a hook.
 

@@ -56,7 +56,7 @@ def _refuse_unused(ctx: click.Context, names: tuple[str, ...], why: str) -> None
 @quiet_option
 @json_option
 @click.pass_context
-def identify(ctx: click.Context, model: str, quiet: bool, as_json: bool, **params: Any) -> None:
+def identify_command(ctx: click.Context, model: str, quiet: bool, as_json: bool, **params: Any) -> None:
     """Rank the transfer neurons of MODEL (a local directory or a Hub id).
 
     \b
@@ -136,7 +136,7 @@ def _lape(settings: IdentifySettings, out_dir: Path, quiet: bool, as_json: bool)
 @settings_options(SelectSettings)
 @quiet_option
 @json_option
-def select(scores: str, quiet: bool, as_json: bool, **params: Any) -> None:
+def select_command(scores: str, quiet: bool, as_json: bool, **params: Any) -> None:
     """Re-rank a scores-<lang>.safetensors file into a neuron set without recomputing."""
     from tnedit.identify.selection import run_select
 
@@ -155,7 +155,7 @@ def select(scores: str, quiet: bool, as_json: bool, **params: Any) -> None:
 @click.argument("b", type=click.Path(dir_okay=False))
 @quiet_option
 @json_option
-def compare(a: str, b: str, quiet: bool, as_json: bool) -> None:
+def compare_command(a: str, b: str, quiet: bool, as_json: bool) -> None:
     """Overlap of two neuron sets: |A∩B|/|A|, Jaccard and a per-layer table."""
     from tnedit.identify import controls
 

@@ -17,13 +17,13 @@ def _endpoint(given: str | None) -> str | None:
     return given or os.environ.get("HF_ENDPOINT") or None
 
 
-@click.command()
+@click.command("push")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.argument("repo")
 @settings_options(PushSettings)
 @quiet_option
 @json_option
-def push(directory: str, repo: str, quiet: bool, as_json: bool, **options: Any) -> None:
+def push_command(directory: str, repo: str, quiet: bool, as_json: bool, **options: Any) -> None:
     """Upload DIR, a checkpoint written by `tnedit apply`, to the Hub repo REPO.
 
     DIR is checked first: every weight file must still have the SHA-256 recorded in tnedit.json,

@@ -33,7 +33,7 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-@click.command()
+@click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option(
     "--set",
@@ -48,7 +48,7 @@ def _fmt(value) -> str:
                    "with resolved paths; run nothing.")
 @quiet_option
 @json_option
-def run(recipe, overrides, force, dry_run, quiet, as_json):
+def run_command(recipe, overrides, force, dry_run, quiet, as_json):
     """Run the pipeline a RECIPE describes: identify, apply each edit, evaluate, push.
 
     A step whose output exists with the same settings hash is skipped unless --force. Paths in

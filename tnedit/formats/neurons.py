@@ -7,7 +7,6 @@ files can be read and validated without torch or numpy.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tnedit.errors import NeuronSetError
+from tnedit.formats.digest import sha256_bytes
 from tnedit.formats.outputs import write_text
 
 FORMAT = "tnedit.neurons/1"
@@ -108,7 +108,7 @@ class NeuronSet:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        return sha256_bytes(self.to_json().encode())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically: a reader never sees half a file, and a killed writer's temporary is cleaned up."""
@@ -155,8 +155,8 @@ def fingerprint(
         + "\n".join(f"{layer}:{name}:{'x'.join(str(s) for s in shape)}" for layer, name, shape in sorted(projections))
     )
     if content_sha256 is None:
-        return LEGACY_FINGERPRINT_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:32]
-    return FINGERPRINT_PREFIX + hashlib.sha256(f"{text}\ncontent:{content_sha256}".encode()).hexdigest()[:32]
+        return LEGACY_FINGERPRINT_PREFIX + sha256_bytes(text.encode(), 32)
+    return FINGERPRINT_PREFIX + sha256_bytes(f"{text}\ncontent:{content_sha256}".encode(), 32)
 
 
 # --- parsing -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ def test_settings_resolve_and_the_generated_options():
     """One declaration per setting: the CLI's options carry each field's flags, default and help."""
     import click
 
-    from tnedit.cli.evaluate import evaluate
+    from tnedit.cli.evaluate import evaluate_command as evaluate
     from tnedit.errors import InputError
     from tnedit.evaluate.settings import EvaluateSettings, GenerationSettings
     from tnedit.settings import setting_fields
