@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tnedit.formats.outputs import write_text
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?", re.S)
@@ -55,8 +56,6 @@ def replace_section(text: str, name: str, markdown: str) -> str:
 
 def update_card_section(card_path: str | Path, name: str, markdown: str) -> None:
     """Replace one section of a card atomically: a reader never sees half a card, a symlink is not written through."""
-    from tnedit.formats.outputs import write_text
-
     path = Path(card_path)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_text(path, replace_section(text, name, markdown))
