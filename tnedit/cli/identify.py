@@ -81,7 +81,7 @@ def identify_command(ctx: click.Context, model: str, quiet: bool, as_json: bool,
 
 
 def _transfer(settings: IdentifySettings, out_dir: Path, quiet: bool, as_json: bool) -> None:
-    from tnedit.formats.neurons import format_layers
+    from tnedit.formats.layers import format_layers
     from tnedit.identify.pipeline import run_identify
 
     result = run_identify(settings, reporter=reporter_for(quiet))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tnedit.edit.spec import EditSpec, Op, make_edit_spec
-from tnedit.formats.neurons import NeuronSet, parse_layers
+from tnedit.formats.layers import parse_layers
+from tnedit.formats.neurons import NeuronSet
 from tnedit.settings import setting
 
 

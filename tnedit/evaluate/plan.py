@@ -19,7 +19,8 @@ from tnedit.errors import CheckpointError, InputError
 from tnedit.evaluate.passes import Condition
 from tnedit.evaluate.settings import EvaluateSettings
 from tnedit.formats.digest import sha256_bytes, sha256_json
-from tnedit.formats.neurons import NeuronSet, format_layers, parse_layers, read_neuron_argument
+from tnedit.formats.layers import format_layers, parse_layers
+from tnedit.formats.neurons import NeuronSet, read_neuron_argument
 from tnedit.formats.provenance import NOT_A_CHECKPOINT, PROVENANCE_NAME, Provenance, read_provenance
 from tnedit.identify.controls import random_control
 from tnedit.reporting import Reporter

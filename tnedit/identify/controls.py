@@ -16,7 +16,8 @@ import numpy as np
 
 from tnedit.checkpoint import is_hub_id, open_checkpoint
 from tnedit.errors import InputError, NeuronSetError
-from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet, format_layers
+from tnedit.formats.layers import format_layers
+from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet
 from tnedit.identify.outputs import check_output_json, read_neurons, save_neuron_set
 from tnedit.identify.settings import IdentifySettings
 from tnedit.reporting import Reporter, resolve_reporter

@@ -19,7 +19,8 @@ import torch
 
 from tnedit.corpus import check_tokenizable, load_corpus
 from tnedit.errors import CorpusError, InputError
-from tnedit.formats.neurons import Method, Neuron, NeuronSet, parse_layers
+from tnedit.formats.layers import parse_layers
+from tnedit.formats.neurons import Method, Neuron, NeuronSet
 from tnedit.identify.outputs import check_output_directory, save_neuron_set
 from tnedit.identify.plan import Corpus
 from tnedit.identify.settings import LapeSettings

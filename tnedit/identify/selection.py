@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from tnedit.errors import InputError
-from tnedit.formats.neurons import Method, Neuron, NeuronSet, format_layers, parse_layers
+from tnedit.formats.layers import format_layers, parse_layers
+from tnedit.formats.neurons import Method, Neuron, NeuronSet
 from tnedit.formats.scores import ScoresFile
 from tnedit.identify.outputs import check_output_json, save_neuron_set
 from tnedit.identify.settings import SHARED_LANGUAGE, SelectSettings, default_layers

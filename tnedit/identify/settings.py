@@ -16,7 +16,7 @@ from typing import Any, Literal
 import click
 
 from tnedit.errors import InputError
-from tnedit.formats.neurons import parse_layers, round_half_up
+from tnedit.formats.layers import parse_layers, round_half_up
 from tnedit.identify.outputs import check_output_directory
 from tnedit.settings import setting
 

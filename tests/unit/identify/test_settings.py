@@ -1,11 +1,11 @@
-"""identify.settings and formats.neurons.parse_layers: layer ranges, types and languages as typed."""
+"""identify.settings and formats.layers.parse_layers: layer ranges, types and languages as typed."""
 
 from __future__ import annotations
 
 import pytest
 
 from tnedit.errors import InputError
-from tnedit.formats.neurons import parse_layers
+from tnedit.formats.layers import parse_layers
 from tnedit.identify.settings import default_layers, parse_languages, parse_types
 
 
