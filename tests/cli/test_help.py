@@ -27,3 +27,12 @@ def test_help_does_not_import_torch(verb):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["tnedit", "tnedit.cli"])
+def test_python_dash_m_runs_the_same_command(module):
+    """``python -m tnedit`` and ``python -m tnedit.cli`` (the benchmarks use the latter) are the tnedit command."""
+    result = subprocess.run([sys.executable, "-m", module, "apply", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: tnedit apply")

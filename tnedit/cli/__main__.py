@@ -1,0 +1,5 @@
+"""``python -m tnedit.cli``: the same command as ``tnedit``."""
+
+from tnedit.cli import main
+
+main()
