@@ -130,6 +130,11 @@ def test_identify_data_missing_and_language_unknown(models, made, tmp_path, caps
     ("--checkpoint-every", "0", "--checkpoint-every must be at least 1"),
     ("--max-length", "0", "--max-length: expected a positive number"),
     ("--max-length", "129", "exceeds the model's context length of 128 tokens (max_position_embeddings"),
+    ("--exclude-massive", "-0.1", "--exclude-massive: expected a fraction 0 <= Q < 1"),
+    ("--exclude-massive", "1", "--exclude-massive: expected a fraction 0 <= Q < 1"),
+    ("--exclude-massive", "1.5", "--exclude-massive: expected a fraction 0 <= Q < 1"),
+    ("--exclude-massive", "nan", "--exclude-massive: expected a fraction 0 <= Q < 1"),
+    ("--exclude-massive", "lots", "is not a valid float"),
 ])
 def test_identify_bad_option(models, made, tmp_path, capsys, option, value, needle):
     args = _identify(models, made, "-o", str(tmp_path / "o"), option, value)
@@ -412,6 +417,11 @@ def test_select_bad_options_and_outputs(made, tmp_path, capsys):
     expect_clean_failure("select: --layers out of range", ["select", scores, "--layers", "7", "-o",
                                                            str(tmp_path / "s.json")], capsys,
                          watch=[tmp_path, made.root], inputs=[made.scores], needles=["out of range"])
+    for value, needle in (("-0.5", "expected a fraction 0 <= Q < 1"), ("1", "expected a fraction 0 <= Q < 1"),
+                          ("inf", "expected a fraction 0 <= Q < 1"), ("some", "is not a valid float")):
+        expect_clean_failure(f"select: --exclude-massive {value}", ["select", scores, "--exclude-massive", value, "-o",
+                                                                    str(tmp_path / "s.json")], capsys,
+                             watch=[tmp_path, made.root], inputs=[made.scores], needles=[needle])
     existing = tmp_path / "picked.json"
     existing.write_text("[]\n", encoding="utf-8")
     expect_clean_failure("select: -o an existing file", ["select", scores, "-o", str(existing)], capsys,

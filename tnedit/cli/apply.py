@@ -113,6 +113,18 @@ def revert_command(edited, out, overwrite, quiet, as_json):
     emit({"out": str(path)}, as_json, f"wrote {path}: original weights restored")
 
 
+def _massive(neuron_set: Any) -> dict[str, Any] | None:
+    """identify's massive-activation marking (``method.extra.massive``), if the set has one."""
+    marking = neuron_set.method.extra.get("massive") if neuron_set.method else None
+    return marking if isinstance(marking, dict) and isinstance(marking.get("neurons"), list) else None
+
+
+def _massive_keys(neuron_set: Any, marking: dict[str, Any] | None) -> set[tuple[int, int]]:
+    """The set's neurons that the marking lists (a set cut to its top k keeps the whole list)."""
+    listed = {(x[0], x[1]) for x in marking["neurons"] if isinstance(x, list) and len(x) == 2} if marking else set()
+    return {(n.layer, n.index) for n in neuron_set.neurons} & listed
+
+
 def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
     """The human-readable listing of `inspect`."""
     lines = [f"{Path(neurons_file).name}: {len(neuron_set)} neurons"]
@@ -132,11 +144,18 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
             desc += f" k={method.k}"
         lines.append(desc)
     lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
+    marking = _massive(neuron_set)
+    massive = _massive_keys(neuron_set, marking)
+    if marking:
+        lines.append(f"massive: {len(massive)} of the {len(neuron_set)} neurons are in the model's top "
+                     f"{100 * float(marking.get('quantile', 0)):g}% of mean |activation| on "
+                     f"{marking.get('language', 'en')} (marked *)")
     lines.append(f"top {min(top, len(neuron_set))}:")
     lines.append("  rank  layer  index  score")
     for rank, n in enumerate(neuron_set.neurons[:top], start=1):
         score = "" if n.score is None else f"{n.score:.6g}"
-        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}")
+        mark = "  *" if (n.layer, n.index) in massive else ""
+        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}{mark}")
     return "\n".join(lines)
 
 
@@ -160,4 +179,10 @@ def inspect_command(neurons_file, top, quiet, as_json):
         "per_layer": neuron_set.per_layer_counts(),
         "top": [asdict(n) for n in neuron_set.neurons[:top]],
     }
+    marking = _massive(neuron_set)
+    if marking is not None:
+        massive = _massive_keys(neuron_set, marking)
+        result["n_massive"] = len(massive)
+        for entry in result["top"]:
+            entry["massive"] = (entry["layer"], entry["index"]) in massive
     emit(result, as_json, _describe_neuron_set(neurons_file, neuron_set, top))

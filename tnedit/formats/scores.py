@@ -1,7 +1,9 @@
 """The scores file format (``tnedit.scores/1``): every neuron's score of one language, written by identify.
 
 A ``scores-<lang>.safetensors`` holds float32 ``[layers, intermediate]`` tensors ``type1``/``type2`` (and
-``eta2`` when measured) and string metadata: the format, the language, the model block, the candidate
+``eta2`` when measured; ``mean_abs_activation``, every neuron's mean |activation| over all real tokens of
+the English sentences, in files written since it was added: optional, older files load without it) and
+string metadata: the format, the language, the model block, the candidate
 layers of each type, the method block identify would record, and the English/L2 sentence counts.
 ``tnedit select`` re-ranks it without a forward pass. Torch-free at import: numpy, torch and safetensors
 are imported by :meth:`ScoresFile.save` and :meth:`ScoresFile.load` only.
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FORMAT = "tnedit.scores/1"
+MEAN_ABS = "mean_abs_activation"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class ScoresFile:
     n_en: int
     n_l2: int
     path: Path | None = None
+    mean_abs_activation: np.ndarray | None = None  # [layers, intermediate], English, every real token
 
     def to_dict(self) -> dict[str, str]:
         """The safetensors metadata (every value a string, as the format requires)."""
@@ -64,7 +68,7 @@ class ScoresFile:
         language = obj.get("language", "")
         if not language.strip():
             raise InputError(f"{where}: metadata key 'language' is missing or empty")
-        scores, eta2 = _arrays(arrays, where)
+        scores, eta2, mean_abs = _arrays(arrays, where)
         num_layers = next(iter(scores.values())).shape[0]
         model = _model(obj, where)
         layers = _candidate_layers(obj, where, num_layers)
@@ -73,7 +77,7 @@ class ScoresFile:
             if not isinstance(method.get(key, {}), dict):
                 raise InputError(f"{where}: metadata key 'method' has a '{key}' that is not an object")
         n_en, n_l2 = _meta_count(obj, "n_en", where), _meta_count(obj, "n_l2", where)
-        return cls(language, scores, eta2, model, layers, method, n_en, n_l2, where)
+        return cls(language, scores, eta2, model, layers, method, n_en, n_l2, where, mean_abs)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a temporary sibling renamed into place), readable like any other file of the user."""
@@ -85,6 +89,8 @@ class ScoresFile:
         tensors = {f"type{t}": torch.from_numpy(np.asarray(s, dtype=np.float32)) for t, s in self.scores.items()}
         if self.eta2 is not None:
             tensors["eta2"] = torch.from_numpy(np.asarray(self.eta2, dtype=np.float32))
+        if self.mean_abs_activation is not None:
+            tensors[MEAN_ABS] = torch.from_numpy(np.asarray(self.mean_abs_activation, dtype=np.float32))
         with atomic_file(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=self.to_dict())
             umask = os.umask(0)  # the permissions any other file of the user gets
@@ -161,17 +167,19 @@ def _candidate_layers(meta: Mapping[str, str], where: Path, num_layers: int) -> 
     return out
 
 
-def _arrays(arrays: Mapping[str, np.ndarray], where: Path) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+def _arrays(arrays: Mapping[str, np.ndarray],
+            where: Path) -> tuple[dict[int, np.ndarray], np.ndarray | None, np.ndarray | None]:
     scores = {int(k[4:]): v for k, v in arrays.items() if re.fullmatch(r"type[12]", k)}
     if not scores:
         raise InputError(f"{where}: no 'type1'/'type2' score tensors (found {', '.join(arrays) or 'none'})")
     shapes = {f"type{t}": v.shape for t, v in scores.items()}
-    if "eta2" in arrays:
-        shapes["eta2"] = arrays["eta2"].shape
+    for optional in ("eta2", MEAN_ABS):
+        if optional in arrays:
+            shapes[optional] = arrays[optional].shape
     for key, shape in shapes.items():
         if len(shape) != 2 or 0 in shape:
             raise InputError(f"{where}: tensor '{key}' has shape {list(shape)}, expected [layers, intermediate]")
     if len(set(shapes.values())) > 1:
         detail = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
         raise InputError(f"{where}: tensors of different shapes ({detail}); expected one [layers, intermediate]")
-    return scores, arrays.get("eta2")
+    return scores, arrays.get("eta2"), arrays.get(MEAN_ABS)

@@ -2,7 +2,9 @@
 
 1. :class:`CentroidPass` over the English and L2 sentences of the pairs: per layer, sums of the raw
    decoder-layer outputs ``h`` (hooks, not ``hidden_states``), and per neuron sums and sums of squares of
-   the activations ``a`` (for η²). ``C_shared = mean_j (h(e_j) + h(x_j)) / 2`` (Type-1), ``C_L2 = mean_j h(x_j)``
+   the activations ``a`` (for η²); over the English sentences also per neuron the sum of ``|a|`` over
+   every real token and the token count (the mean |activation| that marks massive-activation neurons).
+   ``C_shared = mean_j (h(e_j) + h(x_j)) / 2`` (Type-1), ``C_L2 = mean_j h(x_j)``
    (Type-2).
 2. :class:`ScorePass` over the L2 sentences: every neuron's score against each centroid
    (:class:`tnedit.identify.scoring.LayerScorer`).
@@ -29,24 +31,37 @@ from tnedit.reporting import NullReporter, Reporter
 
 @dataclass
 class RunningSums:
-    """Per-layer running fp64 sums for one group of sentences: ``h``, and ``a``, ``a²`` when measured."""
+    """Per-layer running fp64 sums for one group of sentences: ``h``, and ``a``, ``a²`` when measured
+    (last token), and ``abs_a`` (``|a|`` over every real token, ``tokens`` of them) when measured."""
 
     h: list[torch.Tensor]
     a: list[torch.Tensor] | None
     a2: list[torch.Tensor] | None
     n: int = 0
+    abs_a: list[torch.Tensor] | None = None
+    tokens: float = 0.0
 
     def export(self, prefix: str) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for name in ("h", "a", "a2"):
+        for name in ("h", "a", "a2", "abs_a"):
             values = getattr(self, name)
             if values is not None:
                 out[f"{prefix}/{name}"] = torch.stack([x.cpu() for x in values])
         out[f"{prefix}/n"] = torch.tensor([self.n], dtype=torch.float64)
+        if self.abs_a is not None:
+            out[f"{prefix}/tokens"] = torch.tensor([self.tokens], dtype=torch.float64)
         return out
 
+    def mean_abs(self) -> np.ndarray | None:
+        """Mean |activation| per neuron over every real token, ``[layers, intermediate]``; None if not measured."""
+        if self.abs_a is None:
+            return None
+        return stack(self.abs_a) / max(self.tokens, 1.0)
+
     def load(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> None:
-        for name in ("h", "a", "a2"):
+        if self.abs_a is not None:
+            self.tokens = float(tensors[f"{prefix}/tokens"].item())
+        for name in ("h", "a", "a2", "abs_a"):
             current = getattr(self, name)
             if current is not None:
                 stacked = tensors[f"{prefix}/{name}"]
@@ -67,25 +82,29 @@ def _zeros(lm: LoadedModel, layers: Sequence[int], width: int) -> list[torch.Ten
     return out
 
 
-def _sums(lm: LoadedModel, layers: Sequence[int], with_acts: bool) -> RunningSums:
+def _sums(lm: LoadedModel, layers: Sequence[int], with_acts: bool, with_abs: bool = False) -> RunningSums:
     width = lm.intermediate_size
     return RunningSums(_zeros(lm, layers, lm.hidden_size), _zeros(lm, layers, width) if with_acts else None,
-                       _zeros(lm, layers, width) if with_acts else None)
+                       _zeros(lm, layers, width) if with_acts else None,
+                       abs_a=_zeros(lm, layers, width) if with_abs else None)
 
 
 class CentroidPass:
-    """Sums of h (and of a, a² for η²) over the English sentences (optional) and the L2 sentences."""
+    """Sums of h (and of a, a² for η²) over the English sentences (optional) and the L2 sentences, and
+    of |a| over every real English token (``with_abs``)."""
 
     def __init__(self, lm: LoadedModel, language: str, en: Sequence[str] | None, l2: Sequence[str],
-                 layers: Sequence[int], en_key: str, with_acts: bool = True):
+                 layers: Sequence[int], en_key: str, with_acts: bool = True, with_abs: bool = True):
         self.texts = list(en or []) + list(l2)
         self.layers = list(layers)
         self.name = f"{language}:centroids"
         self.language = language
         self.en_key = en_key
         self.n_en_texts = len(en or [])
+        with_abs = with_abs and en is not None
         self.want: tuple[str, ...] = ("h", "a") if with_acts else ("h",)
-        self.en = _sums(lm, layers, with_acts) if en is not None else None
+        self.want += ("abs_sum",) if with_abs else ()
+        self.en = _sums(lm, layers, with_acts, with_abs) if en is not None else None
         self.l2 = _sums(lm, layers, with_acts)
 
     def update(self, states: LastTokenStates, rows: Sequence[int]) -> None:
@@ -102,6 +121,10 @@ class CentroidPass:
                     acts = a.to(device, torch.float64)
                     sums.a[j] += w @ acts
                     sums.a2[j] += w @ (acts * acts)
+                if sums.abs_a is not None:
+                    sums.abs_a[j] += w @ states.abs_sum[layer].to(device)
+        if self.en is not None and self.en.abs_a is not None and states.tokens is not None:
+            self.en.tokens += float(is_en @ states.tokens)
         n_en = int(is_en.sum().item())
         self.l2.n += len(rows) - n_en
         if self.en is not None:
@@ -186,7 +209,7 @@ def compute_centroids(
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
     if en is not None and len(en) != len(l2):
         raise CorpusError(f"{len(en)} English and {len(l2)} L2 sentences: centroids need aligned pairs")
-    p = CentroidPass(lm, "l2", en, l2, layers, en_key="en", with_acts=False)
+    p = CentroidPass(lm, "l2", en, l2, layers, en_key="en", with_acts=False, with_abs=False)
     Runner(lm, batch_size=batch_size, max_length=max_length, reporter=reporter or NullReporter()).run(p)
     mean_l2 = stack(p.l2.h) / p.l2.n
     out: dict[str, Any] = {"l2": mean_l2, "layers": layers}

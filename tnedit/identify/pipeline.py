@@ -45,6 +45,7 @@ class LanguageStats:
     eta2: np.ndarray | None  # float64 [layers, intermediate], activation vs is-L2 label
     n_en: int
     n_l2: int
+    mean_abs_activation: np.ndarray | None = None  # float64 [layers, intermediate], English, every real token
 
 
 @dataclass
@@ -129,7 +130,8 @@ class Measurements:
         score_pass = ScorePass(self.lm, language, l2, all_layers, centroids)
         self.truncated[f"{language}:scores"] = sum(self.runner.run(score_pass))
         return LanguageStats(language, len(l2), score_pass.means(), centroids, self._eta2(l2_sums, en_sums),
-                             en_sums.n if en_sums is not None else 0, l2_sums.n)
+                             en_sums.n if en_sums is not None else 0, l2_sums.n,
+                             en_sums.mean_abs() if en_sums is not None else None)
 
     def _eta2(self, l2: RunningSums, en: RunningSums | None) -> np.ndarray | None:
         if not self.eta2 or en is None or en.a is None or en.a2 is None or l2.a is None or l2.a2 is None:
@@ -150,6 +152,7 @@ def _resume_key(plan: IdentifyPlan) -> dict[str, Any]:
         "max_length": plan.max_length,
         "dtype": dtype_name(lm.dtype),
         "eta2": bool(settings.eta2),
+        "exclude_massive": float(settings.exclude_massive),  # it may add the English pass
         "tnedit_version": __version__,
     }
 
@@ -177,13 +180,14 @@ def _select_and_write(result: IdentifyResult, plan: IdentifyPlan, stats: Languag
     """Rank one language's neurons for every requested type; write its scores file and neuron sets."""
     file_layers = {t: plan.file_layers[t] for t in stats.scores}
     scores = ScoresFile(stats.language, stats.scores, stats.eta2, result.model, file_layers, method, stats.n_en,
-                        stats.n_l2)
+                        stats.n_l2, mean_abs_activation=stats.mean_abs_activation)
     out_dir = plan.out_dir
     if out_dir is not None:
         scores.path = save_scores_file(scores, out_dir / f"scores-{stats.language}.safetensors")
         result.files.append(scores.path)
     for t in result.types:
-        neurons = select_from_scores(scores, t, plan.settings.k, result.candidate_layers[t], reporter=reporter)
+        neurons = select_from_scores(scores, t, plan.settings.k, result.candidate_layers[t],
+                                     exclude_massive=plan.settings.exclude_massive, reporter=reporter)
         if out_dir is not None:
             path = save_neuron_set(neurons, out_dir / f"neurons-{stats.language}-type{t}.json")
             result.files.append(path)
@@ -216,7 +220,8 @@ def run_identify(
                               resume=settings.resume, reporter=reporter)
     runner = Runner(plan.lm, batch_size=settings.batch_size, max_length=plan.max_length, store=store,
                     checkpoint_every=settings.checkpoint_every, on_batch=on_batch, reporter=reporter)
-    measured = Measurements(plan.lm, runner, with_en=1 in plan.types or settings.eta2, eta2=settings.eta2)
+    with_en = 1 in plan.types or settings.eta2 or settings.exclude_massive > 0
+    measured = Measurements(plan.lm, runner, with_en=with_en, eta2=settings.eta2)
     stats = {language: measured.language(language, *_pairs(plan.corpus, language)) for language in plan.languages}
     if any(measured.truncated.values()):
         cut = ", ".join(f"{name} {n}" for name, n in measured.truncated.items() if n)

@@ -79,6 +79,16 @@ def parse_languages(values: str | Iterable[str] | None) -> list[str]:
     return out
 
 
+def check_exclude_massive(value: float) -> None:
+    """``--exclude-massive Q``: a fraction 0 ≤ Q < 1 (NaN refused too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise InputError(f"--exclude-massive: expected a fraction 0 <= Q < 1 of all neurons, got {value!r}")
+
+
+EXCLUDE_MASSIVE_HELP = ("Drop the top-Q fraction of all the model's neurons by mean |activation| on the English "
+                        "sentences (massive-activation neurons) before the top k; 0 keeps them.")
+
+
 def _items(value: str | Iterable[str] | None) -> list[str]:
     if value is None:
         return []
@@ -145,6 +155,7 @@ class IdentifySettings(PassSettings):
                                help="Reference neuron set for --control.")
     match_layers: bool = setting(False, recipe=False, help="--control: draw as many per layer as the reference set.")
     seed: int = setting(42, show_default=True, help="Seed of the random control.")
+    exclude_massive: float = setting(0.0, show_default=True, help=EXCLUDE_MASSIVE_HELP)
     checkpoint_every: int | None = setting(None, help="Persist partial sums every N batches.")
     resume: bool = setting(False, recipe=False, help="Continue an interrupted run from its checkpoint under -o.")
     overwrite: bool = setting(False, recipe=False, help="--control: replace an existing -o file.")
@@ -162,6 +173,7 @@ class IdentifySettings(PassSettings):
         self.check_batch_size()
         if self.k < 1:
             raise InputError(f"--k must be at least 1, got {self.k}")
+        check_exclude_massive(self.exclude_massive)
         if self.limit is not None and self.limit < 1:
             raise InputError(f"--limit must be at least 1, got {self.limit}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -207,6 +219,8 @@ class SelectSettings:
     k: int = setting(1000, flags=("-k", "--k"), show_default=True, help="Neurons to keep.")
     layers: str | Sequence[int] | None = setting(
         None, help="Candidate layers (default: those identify used for this type).")
+    exclude_massive: float = setting(0.0, show_default=True, help=EXCLUDE_MASSIVE_HELP + " Needs a scores file "
+                                     "with mean_abs_activation.")
     output: str | os.PathLike[str] | None = setting(None, flags=("-o", "--output"), recipe=False,
                                                     help="Neuron-set JSON (default: next to SCORES).")
     overwrite: bool = setting(False, recipe=False, help="Replace an existing output file.")

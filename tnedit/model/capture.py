@@ -11,7 +11,7 @@ import torch
 from tnedit.architectures import norm_epsilon
 from tnedit.model.batching import Batch, gather_last
 from tnedit.model.hooks import HookSet
-from tnedit.model.loading import LoadedModel
+from tnedit.model.loading import LoadedModel, stat_device
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -33,15 +33,18 @@ class LastTokenStates:
     r: dict[int, torch.Tensor] = field(default_factory=dict)
     a: dict[int, torch.Tensor] = field(default_factory=dict)
     out_scale: dict[int, torch.Tensor] = field(default_factory=dict)
+    abs_sum: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, m) float64: sum of |a| over real tokens
+    tokens: torch.Tensor | None = None  # (B,) float64: real tokens per row, with "abs_sum"
     logits: torch.Tensor | None = None  # (B, T, V), only from run(batch, logits=True)
 
 
 class LastTokenCapture:
     """Hooks that record, at the last real token, what identify and evaluate need.
 
-    ``want`` is a subset of {"h", "r", "a"}: raw decoder-layer outputs, the pre-MLP residual R,
-    and the output-projection inputs (neuron activations). Use as a context manager; call
-    :meth:`run` per batch.
+    ``want`` is a subset of {"h", "r", "a", "abs_sum"}: raw decoder-layer outputs, the pre-MLP residual
+    R, the output-projection inputs (neuron activations), and per row the sum of ``|a|`` over every real
+    (attention-masked) token, not only the last one (float64, for the mean |activation| of each neuron).
+    Use as a context manager; call :meth:`run` per batch.
     """
 
     def __init__(self, lm: LoadedModel, want: Sequence[str], layers: Sequence[int] | None = None):
@@ -50,6 +53,7 @@ class LastTokenCapture:
         self.layers = list(range(len(lm.layers))) if layers is None else list(layers)
         self.states = LastTokenStates()
         self._last: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
         self._hooks = HookSet()
         self._layer_inputs: dict[int, torch.Tensor] = {}
 
@@ -68,6 +72,8 @@ class LastTokenCapture:
             hooks.add_post(module, self._store_output("h", layer))
         if "a" in self.want:
             hooks.add_pre(lm.out_proj(layer), self._store_input("a", layer))
+        if "abs_sum" in self.want:
+            hooks.add_pre(lm.out_proj(layer), self._store_abs_sum(layer))
         if "r" in self.want:
             kind, name = arch.residual_rule(lm.config)
             if kind == "input_of":
@@ -88,6 +94,18 @@ class LastTokenCapture:
     def _store_output(self, kind: str, layer: int) -> Any:
         def hook(_module: Any, _args: Any, out: Any) -> None:
             getattr(self.states, kind)[layer] = gather_last(_first(out), self._last)
+
+        return hook
+
+    def _store_abs_sum(self, layer: int) -> Any:
+        def hook(_module: Any, args: Any) -> None:
+            real = self._mask.bool()
+            x = _first(args)
+            x = x.view(real.shape[0], -1, x.shape[-1]) if x.dim() == 2 else x  # OPT flattens (B·T, m)
+            device = stat_device(x.device)
+            real = real.to(x.device)
+            rows = [x[b][real[b]].to(device, torch.float64).abs().sum(0) for b in range(x.shape[0])]
+            self.states.abs_sum[layer] = torch.stack(rows)  # row by row: no (B, T, m) float64 copy
 
         return hook
 
@@ -124,6 +142,9 @@ class LastTokenCapture:
         """
         self.states = LastTokenStates()
         self._last = batch.last_index
+        self._mask = batch.attention_mask
+        if "abs_sum" in self.want:
+            self.states.tokens = batch.attention_mask.sum(1).to("cpu", torch.float64)
         with torch.inference_mode():
             model = self.lm.model if logits else self.lm.base_model()
             out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
