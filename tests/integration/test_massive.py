@@ -17,7 +17,7 @@ from tests.integration.test_identify import CORPUS, identify, models, settings  
 from tests.support.hostile import run_cli
 from tests.support.sentences import EN
 from tnedit.architectures import decoder_layers, resolve_module
-from tnedit.errors import InputError
+from tnedit.errors import InputError, TneditWarning
 from tnedit.formats.neurons import load_neurons
 from tnedit.formats.scores import ScoresFile
 from tnedit.identify.resume import RESUME_DIR
@@ -108,7 +108,8 @@ def test_exclude_massive_drops_exactly_the_top_fraction(models, tmp_path, capsys
 
 def test_inspect_shows_the_massive_neurons(models, tmp_path, capsys):  # noqa: F811
     _, lm = models("llama")
-    identify(settings(k=200, output=tmp_path), lm=lm, corpus=CORPUS)
+    with pytest.warns(TneditWarning, match="exceeds the .* candidate neurons"):  # k above the pool: keep all
+        identify(settings(k=200, output=tmp_path), lm=lm, corpus=CORPUS)
     neurons_file = tmp_path / "neurons-ja-type1.json"
     marked = load_neurons(neurons_file).method.extra["massive"]["neurons"]
     assert marked  # 200 of a tiny model's neurons include some of its top 1 %
