@@ -24,6 +24,7 @@ altered copy: ``TNEDIT_GOLDEN_CURRENT=/tmp/x pytest tests/integration/test_golde
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import shutil
@@ -313,6 +314,7 @@ def _json(path: Path) -> object:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@functools.cache  # the steps all ran before any assertion: read the side's neuron sets once
 def _baseline_digests(root: Path) -> dict[str, str]:
     """The SHA-256 of each neuron set the current side wrote → that of the same set without ``ADDED_EXTRA``.
 

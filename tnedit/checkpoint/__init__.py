@@ -51,12 +51,7 @@ from tnedit.checkpoint.streaming import (
 )
 from tnedit.checkpoint.verify import missing_weights, weights_problem
 
-# Re-exported for the modules that imported them from here before they got their own homes.
-from tnedit.formats.outputs import atomic_directory, check_output_dir, contained_name, write_json
-from tnedit.formats.provenance import CARD_NAME, PROVENANCE_NAME, REVERT_NAME, is_sha256
-
 __all__ = [
-    "CARD_NAME",
     "CHUNK",
     "CONTENT_SAMPLE",
     "ELEMENT_SIZE",
@@ -65,9 +60,7 @@ __all__ = [
     "HASH_BUFFER",
     "INDEX_NAME",
     "MAX_HEADER_BYTES",
-    "PROVENANCE_NAME",
     "QUANT_SUFFIXES",
-    "REVERT_NAME",
     "SKIP_DIRS",
     "Checkpoint",
     "CopyResult",
@@ -76,17 +69,13 @@ __all__ = [
     "SafetensorsHeader",
     "TensorInfo",
     "TensorPatch",
-    "atomic_directory",
     "available_cores",
-    "check_output_dir",
-    "contained_name",
     "copy_plain",
     "copy_with_patches",
     "create_new",
     "file_identity",
     "hub_blob_sha256",
     "is_hub_id",
-    "is_sha256",
     "missing_weights",
     "open_checkpoint",
     "open_source",
@@ -98,7 +87,6 @@ __all__ = [
     "sha256_file",
     "sha256_files",
     "weights_problem",
-    "write_json",
     "write_safetensors",
     "writing",
 ]

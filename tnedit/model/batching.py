@@ -89,9 +89,13 @@ def gather_last(x: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
 
     A flattened (B·T, D) input (OPT's decoder layer reshapes before its MLP) is viewed as (B, T, D).
     """
-    if x.dim() == 2:
-        x = x.view(last_index.shape[0], -1, x.shape[-1])
+    x = token_view(x, last_index.shape[0])
     return x[torch.arange(x.shape[0], device=x.device), last_index.to(x.device)]
+
+
+def token_view(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``x`` as (B, T, D): a flattened (B·T, D) input (OPT's decoder layer reshapes before its MLP) is viewed."""
+    return x.view(batch_size, -1, x.shape[-1]) if x.dim() == 2 else x
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tnedit.architectures import norm_epsilon
-from tnedit.model.batching import Batch, gather_last
+from tnedit.model.batching import Batch, gather_last, token_view
 from tnedit.model.hooks import HookSet
 from tnedit.model.loading import LoadedModel, stat_device
 
@@ -100,8 +100,7 @@ class LastTokenCapture:
     def _store_abs_sum(self, layer: int) -> Any:
         def hook(_module: Any, args: Any) -> None:
             real = self._mask.bool()
-            x = _first(args)
-            x = x.view(real.shape[0], -1, x.shape[-1]) if x.dim() == 2 else x  # OPT flattens (B·T, m)
+            x = token_view(_first(args), real.shape[0])
             device = stat_device(x.device)
             real = real.to(x.device)
             rows = [x[b][real[b]].to(device, torch.float64).abs().sum(0) for b in range(x.shape[0])]
