@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_CPU ?= torch==2.13.0
 export TNEDIT_MODELS ?= $(CURDIR)/.cache/models
 
-.PHONY: install test models bench bench-apply bench-identify lint demo clean
+.PHONY: install test models bench bench-apply bench-identify bench-tune lint demo clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ bench-apply: install
 
 bench-identify: install models
 	$(PY) benchmarks/bench_identify.py
+
+# `tnedit tune` on Gemma-3-270M with the 1,000 shared en–ja pairs (about 15 min on 2 cores): not part of `make bench`.
+bench-tune: install models
+	$(PY) benchmarks/bench_tune.py
 
 lint: install
 	$(VENV)/bin/ruff check tnedit tests benchmarks scripts

@@ -30,6 +30,8 @@ _EXPORTS = {
     "EvaluateSettings": "tnedit.evaluate.settings",
     "run_evaluation": "tnedit.evaluate.pipeline",
     "write_report": "tnedit.evaluate.pipeline",
+    "TuneSettings": "tnedit.tune.settings",
+    "run_tune": "tnedit.tune.pipeline",
     "PushSettings": "tnedit.hub",
     "push_checkpoint": "tnedit.hub",
     "load_recipe": "tnedit.recipes.loading",

@@ -54,5 +54,11 @@ class HubError(TneditError):
     """A Hub upload that failed: authentication, network or checksum."""
 
 
+class TuneError(TneditError):
+    """A tune search that found no neuron set within the bound on its validation split (the inputs were fine)."""
+
+    exit_code = 1
+
+
 class NonFiniteEditError(InputError):
     """A scaling factor whose result does not fit the weights' dtype (it would write inf or NaN)."""

@@ -112,6 +112,28 @@ def test_hook_report_contents(hook_report):
     assert report_errors(json.loads(hook_report.to_json())) == []
 
 
+def test_margin_and_selectivity(hook_report):
+    """The margin is parallel minus shuffled cosine; a manual set's target is the first L2 and every other
+    language evaluated is kept; the line reads the ratios of the per-language perplexities."""
+    data = hook_report.data
+    mids = data["mid_layers"]
+    for row in data["headline"]:
+        rep = data["conditions"][row["condition"]]["representation"][row["lang"]]
+        gap = [rep["cos_parallel"][i] - rep["cos_nonparallel"][i] for i in mids]
+        assert row["mid_margin"] == pytest.approx(sum(gap) / len(gap), abs=1e-12)
+    rows = {row["condition"]: row for row in data["selectivity"]}
+    assert list(rows) == ["edited", "control"]
+    for name, row in rows.items():
+        lm, base = data["conditions"][name]["lm"], data["conditions"]["original"]["lm"]
+        ratios = {lang: lm[lang]["perplexity"] / base[lang]["perplexity"] for lang in ["en", *LANGS]}
+        assert row["target"] == "ja" and row["kept"] == ["en", "ko"]
+        assert row["worst_kept_ppl_ratio"] == max(ratios["en"], ratios["ko"])
+        assert row["selectivity"] == pytest.approx(ratios["ja"] / row["worst_kept_ppl_ratio"])
+        assert row["stays"]["ja"]["original"] == data["conditions"]["original"]["output_language"]["ja"]["share"]
+    console = hook_report.console()
+    assert "selectivity (edited): ja perplexity" in console and "margin" in console
+
+
 def test_baked_and_hook_agree(tiny, baked, hook_report):
     from tnedit.evaluate import run_evaluation
 

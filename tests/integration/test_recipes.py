@@ -105,3 +105,36 @@ def _rows_sha256(rows: list) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def test_a_tune_recipe_tunes_applies_and_evaluates_the_selective_set(tmp_path, capsys, monkeypatch):
+    make_tiny("llama", tmp_path, subdir="tiny")
+    (tmp_path / "r.yaml").write_text("""
+name: tiny-selective
+model: {name: tiny, dtype: float32, device: cpu}
+languages: [ja]
+data: {source: builtin, identify_rows: 300, evaluate_rows: 12}
+identify: {enabled: false}
+tune: {enabled: true, keep: [en, ko], max_neurons: 12, max_ppl_increase: 0.02, calibration: 16, validation: 16,
+       rounds: 2, trials: 2, pool: 32}
+edits:
+  - {name: ja-selective, neurons: "ja:selective"}
+evaluate: {control: none, metrics: [representations, perplexity], n_qa: 0, n_gen: 0}
+output: run
+""")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["run", "r.yaml", "--quiet", "--json"], capsys)
+    assert code == 0, err
+    steps = json.loads(stdout)["steps"]
+    assert [s["step"] for s in steps] == ["tune", "apply", "evaluate"]
+    tuned = json.loads((tmp_path / "run" / "tune" / "neurons-ja-selective.json").read_text())
+    applied = json.loads((tmp_path / "run" / "edits" / "ja-selective" / "tnedit.json").read_text())
+    assert applied["edit"]["n_neurons"] == len(tuned["neurons"]) <= 12
+    assert tuned["method"]["data"]["identify_pairs"] + 16 <= 300  # tune read only the identify rows
+    report = json.loads((tmp_path / "run" / "reports" / "ja-selective" / "report.json").read_text())
+    (row,) = report["selectivity"]
+    assert row["target"] == "ja" and row["kept"] == ["en"]
+    card = (tmp_path / "run" / "edits" / "ja-selective" / "README.md").read_text()
+    assert "`tnedit tune`" in card and "selectivity (edited)" in card
+    again = json.loads(run_cli(["run", "r.yaml", "--quiet", "--json"], capsys)[1])["steps"]
+    assert all(s["skipped"] for s in again)

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tnedit.model",),
     ("tnedit.edit",),
     ("tnedit.identify",),
-    ("tnedit.evaluate", "tnedit.hub"),
+    ("tnedit.evaluate", "tnedit.hub", "tnedit.tune"),
     ("tnedit.recipes",),
     ("tnedit.cli",),
     ("tnedit",),  # the package __init__: the curated public API, exported lazily from every layer

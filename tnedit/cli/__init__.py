@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "revert": "apply:revert_command",
     "inspect": "apply:inspect_command",
     "evaluate": "evaluate:evaluate_command",
+    "tune": "tune:tune_command",
     "push": "push:push_command",
     "run": "run:run_command",
 }
@@ -38,6 +39,7 @@ SHORT_HELP: dict[str, str] = {
     "revert": "Restore an edited checkpoint's weights byte for byte.",
     "inspect": "Show a neuron set: per-layer counts and top neurons.",
     "evaluate": "Compare an original and an edited model; write JSON, Markdown and plots.",
+    "tune": "Search a neuron set that breaks one language and keeps the others within a bound.",
     "push": "Upload an edited checkpoint to the Hugging Face Hub.",
     "run": "Run a whole pipeline from a recipe YAML.",
 }

@@ -144,6 +144,8 @@ def settings_from_options(cls: type, params: Mapping[str, Any], **values: Any) -
         if field.name in values:
             kwargs[field.name] = values[field.name]
         elif field.name in params and field.info.cli:
+            if field.info.multiple and not params[field.name]:
+                continue  # a repeatable option not given: the field's own default, not an empty list
             kwargs[field.name] = _from_click(field, params[field.name])
     return cls(**kwargs)
 

@@ -31,6 +31,7 @@ from tnedit.evaluate.metrics import (
 )
 from tnedit.model.batching import Batch, encode_batches
 from tnedit.model.capture import LastTokenCapture
+from tnedit.model.head import RealPositionsHead, real_rows
 from tnedit.model.hooks import HookSet
 from tnedit.model.loading import LoadedModel, resolve_max_length
 from tnedit.reporting import Reporter, resolve_reporter
@@ -86,27 +87,6 @@ def edited(lm: LoadedModel, cond: Condition, attention_mask: Any) -> Iterator[No
         yield
 
 
-class _HeadOnRealPositions:
-    """A pre-hook making the LM head project only the real (non-padding) positions: logits come back as
-    (1, T_real, V) rows instead of (B, T, V). Set :attr:`mask` before each forward.
-
-    The head is most of a small multilingual model's compute (Gemma-3-270M: 168M of 268M
-    parameters), so skipping padding matters; post-head steps (soft-capping, scaling) are elementwise.
-    """
-
-    def __init__(self, lm: LoadedModel, hooks: HookSet):
-        self.mask: torch.Tensor | None = None
-        head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-        if head is not None:
-            hooks.add_pre(head, self)
-
-    def __call__(self, _module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        x, mask = args[0], self.mask
-        if mask is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(mask.shape):
-            return None
-        return (x[mask].unsqueeze(0), *args[1:])
-
-
 @dataclass
 class _Pass:
     """What every batch of one :func:`forward` call shares."""
@@ -142,7 +122,7 @@ def forward(
     max_length = resolve_max_length(lm, None)  # a sentence past the context would index past the positions
     names = "+".join(c.name for c in conds)
     with LastTokenCapture(lm, ["h"]) as capture, HookSet() as hooks, torch.inference_mode():
-        head = _HeadOnRealPositions(lm, hooks)
+        head = RealPositionsHead(lm, hooks)
         run = _Pass(lm, capture, conds, accs, kl_top_k, cache, reference)
         for lang, sentences in texts.items():
             batches = list(encode_batches(lm.tokenizer, sentences, batch_size, lm.device, max_length))
@@ -177,7 +157,7 @@ def _run_condition(run: _Pass, cond: Condition, lang: str, batch: Batch) -> torc
     logits = states.logits
     states.logits = None
     mask = batch.attention_mask.bool()
-    rows = logits[mask] if tuple(logits.shape[:2]) == tuple(mask.shape) else logits[0]
+    rows = real_rows(logits, mask)
     logp = real_logprobs(rows)
     del logits, rows
     nll, n = next_token_nll(logp, batch.input_ids, batch.attention_mask)

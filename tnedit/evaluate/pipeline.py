@@ -37,7 +37,7 @@ from tnedit.evaluate.plan import Plan, overlap_warning, plan_control, plan_evalu
 from tnedit.evaluate.plots import write_plots
 from tnedit.evaluate.report import EvaluationReport, local_path, render_report_markdown
 from tnedit.evaluate.settings import EvaluateSettings
-from tnedit.evaluate.summary import headline_rows, summarise_condition
+from tnedit.evaluate.summary import headline_rows, selectivity_rows, summarise_condition
 from tnedit.formats.digest import sha256_texts
 from tnedit.formats.outputs import atomic_directory, check_output_dir, require_writable, write_json
 from tnedit.formats.report import REPORT_FORMAT, REPORT_MARKDOWN_NAME, REPORT_NAME, check_report
@@ -228,6 +228,7 @@ def _report_data(run: _Inputs, runs: _Runs, data_info: dict[str, Any], warnings:
         "warnings": warnings,
     }
     data["headline"] = headline_rows(data, s.english, s.languages)
+    data["selectivity"] = selectivity_rows(data, s.english, s.languages)
     return data
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tnedit.errors import InputError
-from tnedit.evaluate.tables import Table, all_tables, headline_table, render_console, render_markdown
+from tnedit.evaluate.tables import (
+    Table,
+    all_tables,
+    headline_table,
+    render_console,
+    render_markdown,
+    selectivity_lines,
+)
 from tnedit.formats.card import update_card_section
 from tnedit.formats.neurons import NeuronSet
 from tnedit.formats.outputs import require_writable
@@ -50,10 +57,15 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _selectivity_markdown(report: dict[str, Any]) -> list[str]:
+    lines = selectivity_lines(report)
+    return [*(f"- {line}" for line in lines), ""] if lines else []
+
+
 def render_report_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """report.md: what was compared, the headline, the plots (file names) and every detail table."""
     lines = ["# tnedit evaluation", "", *_report_lines(report), "", "## Summary", "",
-             render_markdown([headline_table(report)])]
+             render_markdown([headline_table(report)]), *_selectivity_markdown(report)]
     if any("last" == (report["conditions"][c].get("positions")) for c in report["conditions"]):
         lines.append(
             "_A hook on the last token cannot change in-sentence perplexity; perplexity and KL are meaningful "
@@ -77,6 +89,7 @@ def card_markdown(data: dict[str, Any], plot_prefix: str | None = None) -> str:
         "",
         render_markdown([headline_table(data)]).replace("### Headline\n", "").strip(),
         "",
+        *_selectivity_markdown(data),
     ]
     if plot_prefix is not None:
         lines += [f"![en–L2 similarity per layer]({plot_prefix}similarity.png)", ""]
@@ -94,7 +107,7 @@ class EvaluationReport:
         return headline_table(self.data)
 
     def console(self) -> str:
-        return render_console([self.headline()])
+        return render_console([self.headline()]) + "".join(f"{line}\n" for line in selectivity_lines(self.data))
 
     def markdown(self, plots: Sequence[str] = ()) -> str:
         return render_report_markdown(self.data, plots)

@@ -107,6 +107,7 @@ def headline_rows(data: dict[str, Any], english: str, languages: Sequence[str]) 
                 "mid_cos": mid,
                 "mid_cos_delta": mid - base,
                 "mid_floor": float(np.mean([rep["cos_nonparallel"][i] for i in mids])),
+                "mid_margin": mid - float(np.mean([rep["cos_nonparallel"][i] for i in mids])),
                 "mid_knn": float(np.mean([rep["mutual_knn"][i] for i in mids])),
                 "ppl_en": c["lm"][english]["perplexity"],
                 "ppl_l2": c["lm"][lang]["perplexity"],
@@ -118,4 +119,53 @@ def headline_rows(data: dict[str, Any], english: str, languages: Sequence[str]) 
                 "qa_em": qa.get("em"),
                 "lang_share": c["output_language"][lang]["share"],
             })
+    return rows
+
+
+def edit_target(data: dict[str, Any], english: str, languages: Sequence[str]) -> str | None:
+    """The language the edit is meant to break: its neuron set's (when evaluated here), else the first L2.
+
+    None when the set names a language this evaluation did not read (every language read is then kept).
+    """
+    method = (data.get("edit") or {}).get("method") or {}
+    named = method.get("language")
+    if isinstance(named, str) and named:
+        return named if named in (english, *languages) else None
+    return languages[0] if languages else None
+
+
+def _before_after(original: dict[str, Any], condition: dict[str, Any], key: str, langs: Sequence[str],
+                  field: str) -> dict[str, dict[str, Any]]:
+    def value(block: dict[str, Any], lang: str) -> Any:
+        return ((block.get(key) or {}).get(lang) or {}).get(field)
+
+    return {lang: {"original": value(original, lang), "edited": value(condition, lang)} for lang in langs}
+
+
+def selectivity_rows(data: dict[str, Any], english: str, languages: Sequence[str]) -> list[dict[str, Any]]:
+    """Per edited condition: the target's perplexity ratio against the worst kept language's, QA and stays."""
+    target = edit_target(data, english, languages)
+    langs = [english, *languages]
+    kept = [lang for lang in langs if lang != target]
+    original = data["conditions"]["original"]
+    rows = []
+    for name in conditions(data):
+        if name == "original":
+            continue
+        c = data["conditions"][name]
+        ratios = {lang: c["lm"][lang]["perplexity"] / original["lm"][lang]["perplexity"] for lang in langs}
+        worst = max(kept, key=lambda lang: ratios[lang])
+        ordered = ([target] if target else []) + kept
+        rows.append({
+            "condition": name,
+            "target": target,
+            "kept": kept,
+            "ppl_ratio": ratios,
+            "target_ppl_ratio": ratios[target] if target else None,
+            "worst_kept": worst,
+            "worst_kept_ppl_ratio": ratios[worst],
+            "selectivity": ratios[target] / ratios[worst] if target else None,
+            "qa_f1": _before_after(original, c, "qa", ordered, "f1"),
+            "stays": _before_after(original, c, "output_language", ordered, "share"),
+        })
     return rows

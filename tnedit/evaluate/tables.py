@@ -131,6 +131,7 @@ def headline_table(report: dict[str, Any]) -> Table:
         Column("mid_cos", f"mid cos {en}–L2" if several else f"mid cos {en}–{langs[0]}"),
         Column("mid_cos_delta", "Δ vs orig", _signed),
         Column("mid_floor", "floor"),
+        Column("mid_margin", "margin", _signed),
         Column("mid_knn", "mKNN"),
         Column("ppl_en", f"ppl {en}", _ppl),
         Column("ppl_l2", "ppl L2" if several else f"ppl {langs[0]}", _ppl),
@@ -145,7 +146,9 @@ def headline_table(report: dict[str, Any]) -> Table:
     mids = report["mid_layers"]
     note = (
         f"mid = mean over layers {mids[0]}–{mids[-1]} (middle third) of last-token raw layer outputs; "
-        f"floor = the same cosine on shuffled non-parallel pairs; mKNN = mutual {knn_k(report)}-NN alignment; "
+        "floor = the same cosine on shuffled non-parallel pairs; margin = parallel minus floor, the alignment "
+        "specific to translations (a drop shared by all sentences leaves it unchanged); "
+        f"mKNN = mutual {knn_k(report)}-NN alignment; "
         f"KL(original ‖ condition) and top-1 agreement over all real tokens ({_kl_method_note(report)}); "
         "stays = share of greedy continuations identified (by script/stop words) as the prompt's language."
     )
@@ -272,3 +275,34 @@ def all_tables(report: dict[str, Any]) -> list[Table]:
         tables.append(qa)
     tables += [language_table(report), *layer_tables(report), generation_table(report)]
     return tables
+
+
+# --- selectivity ----------------------------------------------------------------------------------
+
+
+def _ratio(value: float) -> str:
+    return f"×{value:.3g}" if value < 1e4 else f"×{value:.2e}"
+
+
+def _before_after_text(block: dict[str, dict[str, Any]], fmt: Callable[[Any], str]) -> str:
+    shown = [f"{lang} {fmt(v['original']) if v['original'] is not None else '–'}→"
+             f"{fmt(v['edited']) if v['edited'] is not None else '–'}"
+             for lang, v in block.items() if v["original"] is not None or v["edited"] is not None]
+    return ", ".join(shown) or "–"
+
+
+def selectivity_lines(report: dict[str, Any]) -> list[str]:
+    """One line per edited condition: the target's perplexity ratio against the worst kept language's,
+    QA F1 and the share of continuations that stay in the prompt's language, before → after."""
+    lines = []
+    for row in report.get("selectivity") or []:
+        worst = f"{_ratio(row['worst_kept_ppl_ratio'])} for the worst kept language ({row['worst_kept']})"
+        if row["target"]:
+            head = (f"{row['target']} perplexity {_ratio(row['target_ppl_ratio'])} against {worst}: "
+                    f"{_ratio(row['selectivity'])} selective")
+        else:
+            head = f"the edit's language was not evaluated; {worst}"
+        qa = _before_after_text(row["qa_f1"], "{:.2f}".format)
+        lines.append(f"selectivity ({row['condition']}): {head}; QA F1 {qa}; "
+                     f"stays {_before_after_text(row['stays'], _pct)}")
+    return lines

@@ -112,6 +112,7 @@ class Report:
     conditions: dict[str, ConditionReport]
     headline: list[dict[str, Any]]
     runtime: dict[str, Any]
+    selectivity: list[dict[str, Any]] = field(default_factory=list)  # per edited condition; absent before 0.3
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -66,23 +66,23 @@ class ResumeState:
     @classmethod
     def from_dict(cls, obj: Any, where: Path) -> ResumeState:
         if not isinstance(obj, dict):
-            raise _corrupt(where, f"the resume state must be a JSON object, got {type(obj).__name__}")
+            raise corrupt_state(where, f"the resume state must be a JSON object, got {type(obj).__name__}")
         try:
             return cls(key=obj.get("key"), tensors=obj.get("tensors"), done=[str(x) for x in obj.get("done", [])],
                        current=obj.get("current"), batches_done=int(obj.get("batches_done", 0)),
                        step=int(obj.get("step", 0)))
         except (TypeError, ValueError):
-            raise _corrupt(where, "keys 'done', 'batches_done' and 'step' must be a list and counts") from None
+            raise corrupt_state(where, "keys 'done', 'batches_done' and 'step' must be a list and counts") from None
 
 
-def _corrupt(where: Path, what: str) -> InputError:
+def corrupt_state(where: Path, what: str) -> InputError:
     return InputError(f"{where}: {what}; rerun without --resume to start over")
 
 
-def _check_key(state: Any, key: dict[str, Any], where: Path) -> None:
+def check_resume_key(state: Any, key: dict[str, Any], where: Path) -> None:
     """Refuse a state made with other settings, naming the settings that differ."""
     if not isinstance(state, dict):
-        raise _corrupt(where, f"the resume state must be a JSON object, got {type(state).__name__}")
+        raise corrupt_state(where, f"the resume state must be a JSON object, got {type(state).__name__}")
     if state.get("key") != key:
         old = state.get("key") if isinstance(state.get("key"), dict) else {}
         diff = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
@@ -114,24 +114,24 @@ class ResumeStore:
         try:
             raw = json.loads(self.state_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _corrupt(self.state_path, f"unreadable resume state ({exc})") from None
-        _check_key(raw, self.state.key, self.state_path)
+            raise corrupt_state(self.state_path, f"unreadable resume state ({exc})") from None
+        check_resume_key(raw, self.state.key, self.state_path)
         self.state = ResumeState.from_dict(raw, self.state_path)
         if self.state.tensors:
             tensor_file = contained_name(self.dir, self.state.tensors, f"{self.state_path}: key 'tensors'")
             if not tensor_file.is_file():
-                raise _corrupt(self.state_path, f"names {tensor_file.name}, which is missing")
+                raise corrupt_state(self.state_path, f"names {tensor_file.name}, which is missing")
             try:
                 self.tensors = dict(load_file(str(tensor_file)))
             except (SafetensorError, OSError, ValueError) as exc:
-                raise _corrupt(self.state_path, f"{tensor_file.name} is not readable ({exc})") from None
+                raise corrupt_state(self.state_path, f"{tensor_file.name} is not readable ({exc})") from None
 
     def restore(self, p: Pass) -> None:
         """Load one pass's partial sums from the state; a state missing them is refused, one line."""
         try:
             p.load(self.tensors)
         except (KeyError, IndexError, RuntimeError) as exc:
-            raise _corrupt(self.state_path, f"the saved sums lack or misshape {exc} for pass {p.name}") from None
+            raise corrupt_state(self.state_path, f"the saved sums lack or misshape {exc} for pass {p.name}") from None
 
     def _write(self) -> None:
         from safetensors.torch import save_file

@@ -72,6 +72,8 @@ def resolve_paths(recipe: Recipe, recipe_dir: Path, overridden: Sequence[tuple[s
         value = getattr(recipe.data, key)
         if value is not None and is_data_path(value):
             setattr(recipe.data, key, _local_path(value, base("data", key)))
+    recipe.tune.keep_data = [value if not is_data_path(value) else _local_path(value, base("tune", "keep_data"))
+                             for value in recipe.tune.keep_data]
     for i, edit in enumerate(recipe.edits):
         where = base("edits", str(i), "neurons")
         if identify_ref(edit.neurons) is None or (where / edit.neurons).is_file():
@@ -90,6 +92,10 @@ def _data_files(recipe: Recipe) -> list[tuple[str, str]]:
         key = "data.source" if data.evaluate_source is None else "data.evaluate_source"
         source = data.source if data.evaluate_source is None else data.evaluate_source
         wanted.append((key, source, sorted({edit_languages(recipe, e)[0] for e in recipe.edits})))
+    if recipe.tune.enabled:
+        if "{lang}" in data.source:
+            wanted.append(("data.source", data.source, list(recipe.languages)))
+        wanted += [("tune.keep_data", source, [""]) for source in recipe.tune.keep_data]
     files: dict[str, str] = {}
     for key, source, langs in wanted:
         if is_data_path(source):

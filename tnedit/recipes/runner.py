@@ -32,6 +32,7 @@ from tnedit.identify import run_identify, run_lape
 from tnedit.identify.settings import IdentifySettings, lape_settings
 from tnedit.recipes.paths import check_inputs, check_output_location
 from tnedit.recipes.schema import (
+    SELECTIVE,
     EditStep,
     Recipe,
     edit_languages,
@@ -42,6 +43,8 @@ from tnedit.recipes.schema import (
 )
 from tnedit.reporting import Reporter, resolve_reporter
 from tnedit.settings import settings_to_dict
+from tnedit.tune.pipeline import run_tune
+from tnedit.tune.settings import TuneSettings
 
 STAMPS = ".tnedit-steps"
 
@@ -107,8 +110,14 @@ class RecipeRunner:
         return settings_hash("identify", r.model, r.languages, r.data.source, r.data.identify_rows,
                              step_to_dict(r.identify))
 
+    def _tune_hash(self, lang: str) -> str:
+        r = self.recipe
+        return settings_hash("tune", r.model, lang, r.data.source, r.data.identify_rows, step_to_dict(r.tune))
+
     def _edit_hash(self, edit: EditStep) -> str:
-        return settings_hash("apply", self._identify_hash(), step_to_dict(edit))
+        ref = identify_ref(edit.neurons)
+        upstream = self._tune_hash(ref[0]) if ref and ref[1] == SELECTIVE else self._identify_hash()
+        return settings_hash("apply", upstream, step_to_dict(edit))
 
     def _evaluate_hash(self, edit: EditStep) -> str:
         return settings_hash("evaluate", self._edit_hash(edit), self.recipe.data, step_to_dict(self.recipe.evaluate))
@@ -137,8 +146,13 @@ class RecipeRunner:
         check_output_location(self.recipe, self.recipe.name)
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", recipe_to_dict(self.recipe))
-        identify_dir = self.out / "identify"
-        self._step("identify", self.recipe.identify.method, identify_dir, self._identify_hash(), self._identify)
+        if self.recipe.identify.enabled:
+            identify_dir = self.out / "identify"
+            self._step("identify", self.recipe.identify.method, identify_dir, self._identify_hash(), self._identify)
+        if self.recipe.tune.enabled:
+            for lang in self.recipe.languages:
+                self._step("tune", lang, self._tuned_file(lang), self._tune_hash(lang),
+                           lambda lang=lang: self._tune(lang))
         result = RunResult(self.recipe, self.steps)
         for edit in self.recipe.edits:
             self._edit_steps(edit, result)
@@ -188,11 +202,28 @@ class RecipeRunner:
             summaries.append(run_identify(run, reporter=self.reporter).summary())
         return {"runs": summaries}
 
+    def _tuned_file(self, lang: str) -> Path:
+        return self.out / "tune" / f"neurons-{lang}-{SELECTIVE}.json"
+
+    def _tune(self, lang: str) -> dict[str, Any]:
+        r = self.recipe
+        data = [r.data.resolve(r.data.source, lang), *r.tune.keep_data]
+        settings = verb_settings(r.tune, TuneSettings, model=r.model.name, lang=lang,
+                                 data=[d for d in data if d is not None], limit=r.data.identify_rows,
+                                 dtype=r.model.dtype, device=r.model.device, revision=r.model.revision,
+                                 output=str(self.out / "tune"), resume=True)
+        return run_tune(settings, reporter=self.reporter).summary()
+
     def _neuron_file(self, edit: EditStep) -> Path:
         ref = identify_ref(edit.neurons)
         if ref is None:
             return Path(edit.neurons)
         lang, kind = ref
+        if kind == SELECTIVE:
+            path = self._tuned_file(lang)
+            if not path.is_file():
+                raise RecipeError(f"edit '{edit.name}': the tune step wrote no {path} for neurons '{edit.neurons}'")
+            return path
         name = f"neurons-{lang}-lape.json" if kind == "lape" else f"neurons-{lang}-type{kind}.json"
         path = self.out / "identify" / name
         if not path.is_file():

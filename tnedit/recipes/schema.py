@@ -35,6 +35,7 @@ from tnedit.settings import (
     setting_fields,
     settings_to_dict,
 )
+from tnedit.tune.settings import TuneSettings
 
 BUILTIN = "builtin"
 EVALUATE_METRICS = ("representations", "perplexity", "generation", "qa")
@@ -115,6 +116,22 @@ class IdentifyStep(IdentifySettings):
 
     lape_languages: list[str] = setting(default_factory=list,
                                         help="LAPE's languages; default: en and the recipe's languages.")
+    enabled: bool = setting(True, help="Run identify (a recipe that only tunes may skip it).")
+
+
+@not_in_recipe("model", "lang", "data", "limit", "dtype", "device", "revision", "output", "resume")
+@dataclass
+class TuneStep(TuneSettings):
+    """The tune step: :class:`TuneSettings` (``keep``, ``max_neurons``, ``max_ppl_increase`` ...), once per language.
+
+    It reads the recipe's data (the first ``data.identify_rows`` rows, so evaluate's held-out rows stay
+    unseen) plus ``keep_data`` for kept languages the data lacks, and writes ``OUTPUT/tune/``; an edit
+    names its set ``LANG:selective``.
+    """
+
+    enabled: bool = setting(False, help="Run tune for every recipe language.")
+    keep_data: list[str] = setting(default_factory=list,
+                                   help="More data files (paths relative to the recipe) for kept languages.")
 
 
 @dataclass
@@ -164,6 +181,7 @@ class Recipe:
     languages: list[str] = field(default_factory=list)
     data: DataSettings = field(default_factory=DataSettings)
     identify: IdentifyStep = field(default_factory=IdentifyStep)
+    tune: TuneStep = field(default_factory=TuneStep)
     edits: list[EditStep] = field(default_factory=list)
     evaluate: EvaluateStep = field(default_factory=EvaluateStep)
     output: str = ""
@@ -171,7 +189,8 @@ class Recipe:
 
 
 #: The steps nested in a recipe, by section name.
-STEPS: dict[str, type] = {"identify": IdentifyStep, "edits": EditStep, "evaluate": EvaluateStep, "push": PushStep}
+STEPS: dict[str, type] = {"identify": IdentifyStep, "tune": TuneStep, "edits": EditStep, "evaluate": EvaluateStep,
+                          "push": PushStep}
 
 # Choices whose recipe message predates the settings classes (quotes, no "got"): checked before the build.
 _CHOICE_MESSAGES = {
@@ -249,12 +268,18 @@ def lape_languages(recipe: Recipe) -> list[str]:
     return list(recipe.identify.lape_languages) or ["en", *recipe.languages]
 
 
+SELECTIVE = "selective"  # an edit's LANG:selective names the tune step's set for LANG
+
+
 def _identify_outputs(recipe: Recipe) -> tuple[list[str], set[str]]:
-    """The languages and TYPEs of the neuron sets the identify step writes."""
+    """The languages and TYPEs of the neuron sets the identify and tune steps write."""
+    tuned = {SELECTIVE} if recipe.tune.enabled else set()
+    if not recipe.identify.enabled:
+        return list(recipe.languages), tuned
     if recipe.identify.method == "lape":
         return lape_languages(recipe), {"lape"}
     kind = str(recipe.identify.type)
-    return list(recipe.languages), {"1", "2"} if kind == "both" else {kind}
+    return list(recipe.languages), ({"1", "2"} if kind == "both" else {kind}) | tuned
 
 
 def edit_languages(recipe: Recipe, edit: EditStep) -> list[str]:
@@ -313,9 +338,23 @@ def check_recipe(recipe: Recipe, where: str) -> Recipe:
     unknown = sorted(set(recipe.evaluate.metrics) - set(EVALUATE_METRICS))
     if unknown:
         raise RecipeError(f"{where}: evaluate.metrics: unknown {unknown}; valid: {list(EVALUATE_METRICS)}")
+    if recipe.tune.enabled:
+        _check_tune(recipe, where)
     if recipe.push.edit and recipe.push.edit not in names:
         raise RecipeError(f"{where}: push.edit '{recipe.push.edit}' names no edit; edits: {sorted(names)}")
     return recipe
+
+
+def _check_tune(recipe: Recipe, where: str) -> None:
+    """The tune step's own checks (those that need no model), as recipe errors."""
+    fields = {f.name: getattr(recipe.tune, f.name) for f in dataclasses.fields(TuneSettings)}
+    settings = TuneSettings(**{**fields, "model": recipe.model.name, "lang": recipe.languages[0],
+                               "output": str(Path(recipe.output) / "tune")})
+    for lang in recipe.languages:
+        try:
+            dataclasses.replace(settings, lang=lang).check()
+        except InputError as exc:
+            raise RecipeError(f"{where}: tune: {exc}") from None
 
 
 # --- as data ----------------------------------------------------------------------------------------
@@ -329,7 +368,7 @@ def step_to_dict(step: Any) -> dict[str, Any]:
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as ``recipe.json`` and ``--dry-run`` show it: every section, each step by its recipe keys."""
     out = settings_to_dict(recipe)
-    for section in ("identify", "evaluate", "push"):
+    for section in ("identify", "tune", "evaluate", "push"):
         out[section] = step_to_dict(getattr(recipe, section))
     out["edits"] = [step_to_dict(edit) for edit in recipe.edits]
     return out
