@@ -5,7 +5,12 @@ Every case fails before the search measures anything; most before the model is l
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +82,46 @@ def test_output_inside_the_model_is_refused(world, capsys):
 def test_data_file_as_output_directory_is_refused(world, capsys):
     expect_clean_failure("tune: -o is the --data file", tune(world, "--lang", "ja", out=world / "en-ja.tsv"), capsys,
                          watch=[world], inputs=[world / "en-ja.tsv"], needles=["not a directory"])
+
+
+# --- a signal mid-search ---------------------------------------------------------------------------
+
+# Each trial sleeps first, so SIGTERM lands while the search runs (after the greedy rounds were saved).
+_SLOW_TRIALS = """
+import sys, time
+import tnedit.tune.refine as refine
+real = refine.measure
+def slow(*args, **kwargs):
+    time.sleep(1.0)
+    return real(*args, **kwargs)
+refine.measure = slow
+from tnedit.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_leaves_the_resume_state_only_and_resume_finishes(world, signum):
+    from tests.support.paths import REPO
+    from tnedit.tune.state import STATE_DIR
+
+    out = world / "out"
+    args = tune(world, "--lang", "ja", "--keep", "en", out=out)
+    args[args.index("--trials") + 1] = "12"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_TRIALS, *args], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                            text=True)
+    state = out / STATE_DIR / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.is_file() and '"trials": [{' in state.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and lines[0].startswith("tnedit: interrupted") and STATE_DIR in lines[0], err
+    assert sorted(p.name for p in out.iterdir()) == [STATE_DIR]
+    code = subprocess.run([sys.executable, "-m", "tnedit", *args, "--resume"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert code.returncode == 0, code.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["front-ja.json", "front-ja.png", "neurons-ja-selective.json"]

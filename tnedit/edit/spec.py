@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from tnedit.errors import InputError, NeuronSetError
-from tnedit.formats.neurons import Neuron, NeuronSet, merge_duplicates, parse_factor
+from tnedit.formats.neurons import Neuron, NeuronSet, merge_duplicates, own_factors_text, parse_factor
 
 if TYPE_CHECKING:
     from tnedit.checkpoint import Checkpoint
@@ -56,6 +56,9 @@ class EditSpec:
         return {e.layer: len(e.indices) for e in self.by_layer()}
 
     def describe(self) -> str:
+        own = own_factors_text(self.op, self.factor, (self.factor_of(n) for n in self.neurons))
+        if own:
+            return f"scale {len(self.neurons)} neurons by {own}"
         if self.op == "zero":
             return f"zero {len(self.neurons)} neurons"
         return f"scale {len(self.neurons)} neurons by {self.factor:g}"

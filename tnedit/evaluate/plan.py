@@ -20,7 +20,7 @@ from tnedit.evaluate.passes import Condition
 from tnedit.evaluate.settings import EvaluateSettings
 from tnedit.formats.digest import sha256_bytes, sha256_json
 from tnedit.formats.layers import format_layers, parse_layers
-from tnedit.formats.neurons import NeuronSet, read_neuron_argument
+from tnedit.formats.neurons import NeuronSet, own_factors_text, read_neuron_argument
 from tnedit.formats.provenance import NOT_A_CHECKPOINT, PROVENANCE_NAME, Provenance, read_provenance
 from tnedit.identify.controls import random_control
 from tnedit.reporting import Reporter
@@ -147,10 +147,12 @@ def check_tokenizers(original_path: Path, edited_path: Path, probes: Sequence[st
 
 def edit_info(kind: str, spec: EditSpec, positions: str, neuron_set_sha256: str | None,
               method: Any) -> dict[str, Any]:
-    """The report's ``edit`` block."""
-    return {"source": kind, "op": spec.op, "factor": spec.factor, "positions": positions,
+    """The report's ``edit`` block (with ``own_factors`` only when the neurons carry factors of their own)."""
+    info = {"source": kind, "op": spec.op, "factor": spec.factor, "positions": positions,
             "n_neurons": len(spec.neurons), "neuron_set_sha256": neuron_set_sha256, "edit_sha256": spec_sha256(spec),
             "per_layer": spec.per_layer_counts(), "method": method}
+    own = own_factors_text(spec.op, spec.factor, (spec.factor_of(n) for n in spec.neurons))
+    return {**info, "own_factors": own} if own else info
 
 
 def _edit_from_provenance(provenance: Provenance, where: Path) -> tuple[EditSpec, list[int] | None]:

@@ -38,6 +38,7 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"- edited: `{report['models']['edited']['name_or_path']}` (baked checkpoint)")
     if edit:
         what = "zero" if edit["op"] == "zero" else f"scale ×{edit['factor']:g}"
+        what = f"scale by {edit['own_factors']}" if edit.get("own_factors") else what
         lines.append(
             f"- edit: {what} on {edit['n_neurons']} neurons "
             f"({edit['source']}, positions `{edit['positions']}`), neuron set sha256 `{edit.get('neuron_set_sha256')}`"

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tnedit.formats.neurons import own_factors_text
 from tnedit.formats.outputs import write_text
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 
@@ -147,7 +148,8 @@ def _tune_origin(method: dict[str, Any]) -> str:
 def _describe_edit(provenance: Provenance) -> str:
     edit, src = provenance.edit, provenance.source
     method = provenance.neuron_set.method or {}
-    what = "zeroed" if edit.op == "zero" else f"scaled by {edit.factor:g}"
+    own = own_factors_text(edit.op or "zero", edit.factor, (float(n[2]) for n in edit.neurons or [] if len(n) > 2))
+    what = f"scaled by {own}" if own else "zeroed" if edit.op == "zero" else f"scaled by {edit.factor:g}"
     count = f"{edit.n_neurons} MLP neuron{'s' if edit.n_neurons != 1 else ''}"
     origin = _origin(method)
     revision = f" at revision `{src.revision}`" if src.revision else ""

@@ -162,6 +162,19 @@ def fingerprint(
 # --- parsing -------------------------------------------------------------------------------------
 
 
+def own_factors_text(op: str, factor: float | None, factors: Iterable[float]) -> str | None:
+    """``"their own factors (-0.38, -0.21)"`` when the neurons' factors are not all the operation's one, else None.
+
+    A tune set carries a factor per neuron; saying "zeroed" of it would misdescribe the checkpoint.
+    """
+    expected = 0.0 if op == "zero" else factor
+    distinct = sorted({float(f) for f in factors})
+    if not distinct or distinct == [expected]:
+        return None
+    shown = ", ".join(f"{f:g}" for f in distinct[:4]) + (", …" if len(distinct) > 4 else "")
+    return f"their own factors ({shown})"
+
+
 def parse_factor(value: Any, where: str) -> float:
     """A finite factor, finite in float32 too: edits multiply in float32, where 1e39 is already inf."""
     if isinstance(value, bool):

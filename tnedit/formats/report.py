@@ -97,7 +97,12 @@ HEADLINE_KEYS = ("condition", "lang", "n_neurons", "mid_cos", "mid_cos_delta", "
 
 @dataclass
 class Report:
-    """A whole ``tnedit.report/1``. Headline rows are dicts with at least :data:`HEADLINE_KEYS`."""
+    """A whole ``tnedit.report/1``. Headline rows are dicts with at least :data:`HEADLINE_KEYS`.
+
+    Optional blocks live in ``extra`` so that a report written without them reads back unchanged:
+    ``selectivity`` (0.3: per edited condition, the target's perplexity ratio against the worst kept
+    language's, QA F1 and stays before → after).
+    """
 
     format: str
     created: str
@@ -112,7 +117,6 @@ class Report:
     conditions: dict[str, ConditionReport]
     headline: list[dict[str, Any]]
     runtime: dict[str, Any]
-    selectivity: list[dict[str, Any]] = field(default_factory=list)  # per edited condition; absent before 0.3
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tnedit.formats.neurons import Method, Neuron, NeuronSet
 from tnedit.formats.outputs import atomic_file, write_json
 from tnedit.identify.outputs import save_neuron_set
@@ -39,7 +41,7 @@ def search_settings(settings: TuneSettings) -> dict[str, Any]:
 
 
 def selective_set(settings: TuneSettings, lm: LoadedModel, chosen: Point, order: Sequence[tuple[int, int]],
-                  neuron_type: Any, data: dict[str, Any]) -> NeuronSet:
+                  neuron_type: np.ndarray, data: dict[str, Any]) -> NeuronSet:
     """The chosen point as a neuron set: the first ``prefix`` neurons of the greedy order, with their factors.
 
     A factor of 0 is left implicit, so ``tnedit apply`` zeroes those neurons with its default ``--op zero``.

@@ -148,14 +148,14 @@ def _trials(problem: GreedyProblem, state: TuneState, settings: TuneSettings, sa
                    on_trial=on_trial)
 
 
-def _validator(problem: GreedyProblem, order: list[tuple[int, int]], validation: dict[str, CalibrationTexts]):  # type: ignore[no-untyped-def]
+def _validator(problem: GreedyProblem, order: list[tuple[int, int]],
+               validation: dict[str, CalibrationTexts]) -> Callable[[Measurement], dict[str, float]]:
+    """Perplexity ratios of a measured set on the validation split (the unedited losses measured once)."""
+    held_out = problem.on(validation)
     base = {lang: problem.probe.loss(texts, identity_factors(problem.probe.lm)) for lang, texts in validation.items()}
 
     def validate(m: Measurement) -> dict[str, float]:
-        sub = GreedyProblem(problem.probe, validation[problem.target.language],
-                            [validation[t.language] for t in problem.kept], problem.candidates, problem.neuron_types,
-                            problem.factor, problem.max_neurons, problem.budget)
-        losses = measure(sub, order[: m.prefix], m.factors)
+        losses = measure(held_out, order[: m.prefix], m.factors)
         return {lang: math.exp(losses[lang] - base[lang]) for lang in losses}
 
     return validate

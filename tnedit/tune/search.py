@@ -18,7 +18,7 @@ of the set whose restoration helps the kept languages most per unit of target da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,10 @@ class GreedyProblem:
     def kept_damage(self, losses: dict[str, float], base: dict[str, float]) -> float:
         return max(losses[t.language] - base[t.language] for t in self.kept)
 
+    def on(self, texts: dict[str, CalibrationTexts]) -> GreedyProblem:
+        """The same problem measured on other sentences of the same languages (the validation split)."""
+        return replace(self, target=texts[self.target.language], kept=[texts[t.language] for t in self.kept])
+
 
 def measure_round(problem: GreedyProblem, state: GreedyState, final: bool) -> dict[str, np.ndarray]:
     """Measure the current set (and, unless ``final``, every neuron's attribution at it); record the round."""
@@ -103,9 +107,8 @@ def measure_round(problem: GreedyProblem, state: GreedyState, final: bool) -> di
             losses[texts.language], grads[texts.language] = problem.probe.attribution(texts, factors)
     if not state.base:
         state.base = dict(losses)
-    factor_text = f"{problem.factor:g}"
     state.rounds.append(Measurement(f"round {len(state.rounds)}", "greedy", len(state.order),
-                                    {"1": float(factor_text), "2": float(factor_text)}, losses))
+                                    {"1": problem.factor, "2": problem.factor}, losses))
     return grads
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnedit.formats.outputs import atomic_file
+from tnedit.formats.outputs import COMPLETED, atomic_file
 from tnedit.identify.resume import check_resume_key, corrupt_state
 from tnedit.reporting import Reporter
 from tnedit.tune.search import GreedyState, Measurement
@@ -35,7 +35,7 @@ class TuneState:
 
 
 class TuneStore:
-    """Where one run's state lives; ``None`` paths mean the run keeps no state."""
+    """Where one run's state lives: ``OUT/.tune-checkpoint/state.json``."""
 
     def __init__(self, out_dir: Path, key: dict[str, Any]):
         self.dir = out_dir / STATE_DIR
@@ -69,6 +69,10 @@ class TuneStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.path, record=False) as tmp:
             tmp.write_text(json.dumps(state.to_dict()), encoding="utf-8")
+        if self.dir.absolute() not in COMPLETED:  # an interrupted run names the state --resume continues from
+            COMPLETED.append(self.dir.absolute())
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.absolute() in COMPLETED:
+            COMPLETED.remove(self.dir.absolute())
