@@ -226,3 +226,15 @@ def test_cli_json_names_the_chosen_set(tiny, tmp_path, capsys):
                                "--max-ppl-increase", "0.01", "--calibration", "16", "--validation", "16",
                                "--rounds", "2", "--trials", "2", "--pool", "32", "--quiet", "-o", str(out)], capsys)
     assert code == 0 and "neurons:" in stdout and "validation:" in stdout
+
+
+def test_inspect_shows_what_tune_measured(tuned, capsys):
+    settings, result = tuned
+    path = Path(settings.output) / "neurons-ja-selective.json"
+    code, stdout, err = run_cli(["inspect", str(path), "--top", "3"], capsys)
+    assert code == 0, err
+    (line,) = [line for line in stdout.splitlines() if line.startswith("tune:")]
+    assert "keep en,ko within +1%" in line
+    assert f"en ×{result.chosen.kept_ratios['en']:.4g}" in line and "validation ja ×" in line
+    factors = {n.factor for n in load_neurons(path).neurons}
+    assert ("factor" in stdout.splitlines()[-4]) == (factors != {None})

@@ -143,6 +143,7 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         if method.k:
             desc += f" k={method.k}"
         lines.append(desc)
+        lines += _tune_lines(method)
     lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
     marking = _massive(neuron_set)
     massive = _massive_keys(neuron_set, marking)
@@ -150,13 +151,31 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         lines.append(f"massive: {len(massive)} of the {len(neuron_set)} neurons are in the model's top "
                      f"{100 * float(marking.get('quantile', 0)):g}% of mean |activation| on "
                      f"{marking.get('language', 'en')} (marked *)")
+    own = any(n.factor is not None for n in neuron_set.neurons)
     lines.append(f"top {min(top, len(neuron_set))}:")
-    lines.append("  rank  layer  index  score")
+    lines.append("  rank  layer  index  score" + ("  factor" if own else ""))
     for rank, n in enumerate(neuron_set.neurons[:top], start=1):
         score = "" if n.score is None else f"{n.score:.6g}"
+        factor = f"  {'' if n.factor is None else f'{n.factor:.3g}':>6}" if own else ""
         mark = "  *" if (n.layer, n.index) in massive else ""
-        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}{mark}")
+        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}{factor}{mark}")
     return "\n".join(lines)
+
+
+def _tune_lines(method: Any) -> list[str]:
+    """What `tnedit tune` measured for a set it chose: the kept languages and both splits' ratios."""
+    tune = (method.extra or {}).get("tune")
+    if not isinstance(tune, dict):
+        return []
+
+    def ratios(values: dict[str, Any] | None) -> str:
+        return ", ".join(f"{lang} ×{v:.4g}" for lang, v in (values or {}).items() if isinstance(v, int | float))
+
+    calibration = tune.get("calibration") or {}
+    kept = [lang for lang in method.languages if lang != method.language]
+    return [f"tune:   keep {','.join(kept)} within +{(tune.get('settings') or {}).get('max_ppl_increase', 0):.0%}; "
+            f"calibration {method.language} ×{calibration.get('target_ratio', float('nan')):.4g}, "
+            f"{ratios(calibration.get('kept_ratios'))}; validation {ratios(tune.get('validation')) or '–'}"]
 
 
 @click.command("inspect")
