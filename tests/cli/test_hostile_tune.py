@@ -125,3 +125,10 @@ def test_a_signal_leaves_the_resume_state_only_and_resume_finishes(world, signum
                           text=True, timeout=300)
     assert code.returncode == 0, code.stderr
     assert sorted(p.name for p in out.iterdir()) == ["front-ja.json", "front-ja.png", "neurons-ja-selective.json"]
+
+
+def test_a_search_without_a_set_within_the_bound_is_one_line_exit_1_and_leaves_nothing(world, capsys):
+    # A bound of one part in a billion: every set measured moves a kept language more than that.
+    expect_clean_failure("tune: no set within the bound", tune(world, "--lang", "ja", "--max-ppl-increase", "1e-9"),
+                         capsys, watch=[world], inputs=[world / "model", world / "en-ja.tsv"], code=1,
+                         needles=["no set stays within", "on the validation split"])

@@ -142,6 +142,12 @@ def _show_python_warning(message: Any, category: Any, filename: str, lineno: int
     click.echo(f"tnedit: warning: {one_line(str(message))}", err=True)
 
 
+def _tnedit_error() -> type[Exception]:
+    from tnedit.errors import TneditError
+
+    return TneditError
+
+
 def main(argv: list[str] | None = None) -> Any:
     import warnings
 
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> Any:
         if debug:
             raise
         click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException) else 2)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException | _tnedit_error()) else 2)
 
 
 if __name__ == "__main__":

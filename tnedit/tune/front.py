@@ -72,7 +72,7 @@ def choose(points: list[Point], validate: Callable[[Measurement], dict[str, floa
     tried = ", ".join(f"{p.measurement.label} (kept ×{_worst_kept(p):.3f})" for p in ranked[:MAX_VALIDATIONS]
                       if p.validation) or "none within the calibration budget"
     raise TuneError(f"tune: no set stays within +{validation_budget:.1%} on the validation split; tried {tried}. "
-                    "Lower --max-neurons, raise --margin or give more calibration data")
+                    "Raise --max-ppl-increase or --calibration (more sentences generalise better)")
 
 
 def _worst_kept(point: Point) -> float:

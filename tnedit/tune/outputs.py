@@ -6,6 +6,8 @@ resume state and nothing that could pass as a result.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from tnedit.formats.neurons import Method, Neuron, NeuronSet
-from tnedit.formats.outputs import atomic_file, write_json
-from tnedit.identify.outputs import save_neuron_set
+from tnedit.formats.outputs import atomic_file
+from tnedit.identify.outputs import writing
 from tnedit.model.loading import LoadedModel, dtype_name
 from tnedit.settings import settings_to_dict
 from tnedit.tune.front import Point, front_document, plot_front
@@ -63,12 +65,15 @@ def selective_set(settings: TuneSettings, lm: LoadedModel, chosen: Point, order:
 
 def write_outputs(settings: TuneSettings, neuron_set: NeuronSet, points: Sequence[Point], chosen: Point,
                   front: dict[str, Any], out_dir: Path) -> TuneOutputs:
-    names = output_names(settings.lang)
-    neurons = save_neuron_set(neuron_set, out_dir / names[0])
-    front_path = write_json(out_dir / names[1], front)
-    with atomic_file(out_dir / names[2]) as tmp:
-        plot_front(points, chosen, tmp, target=settings.lang, budget=settings.calibration_budget())
-    return TuneOutputs(neurons, front_path, out_dir / names[2])
+    """The three files, each written to a temporary sibling first: none is renamed into place unless all
+    three were written (the renames follow one another at the end)."""
+    paths = [out_dir / name for name in output_names(settings.lang)]
+    with writing(out_dir), contextlib.ExitStack() as stack:
+        neurons_tmp, front_tmp, plot_tmp = (stack.enter_context(atomic_file(p)) for p in paths)
+        neurons_tmp.write_text(neuron_set.to_json(), encoding="utf-8")
+        front_tmp.write_text(json.dumps(front, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        plot_front(points, chosen, plot_tmp, target=settings.lang, budget=settings.calibration_budget())
+    return TuneOutputs(*paths)
 
 
 __all__ = ["TuneOutputs", "front_document", "output_names", "selective_set", "write_outputs"]

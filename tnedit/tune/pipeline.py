@@ -192,11 +192,16 @@ def run_tune(settings: TuneSettings, *, lm: LoadedModel | None = None, reporter:
     _greedy(problem, state, settings, lambda: store.save(state), reporter)
     _trials(problem, state, settings, lambda: store.save(state), reporter)
     greedy = state.greedy
-    if not greedy.order:
-        raise TuneError(f"tune: no candidate neuron raises the {settings.lang} loss on the calibration sentences")
     points = to_points([*greedy.rounds, *state.trials], greedy.base, settings.lang, settings.kept_languages(),
                        settings.calibration_budget())
-    chosen = choose(points, _validator(problem, greedy.order, encode(data.validation)), settings.validation_budget())
+    try:
+        if not greedy.order:
+            raise TuneError(f"tune: no candidate neuron raises the {settings.lang} loss on the calibration sentences")
+        chosen = choose(points, _validator(problem, greedy.order, encode(data.validation)),
+                        settings.validation_budget())
+    except TuneError:
+        store.remove()  # a finished search without a result: nothing to resume, nothing written
+        raise
     base = {lang: math.exp(loss) for lang, loss in greedy.base.items()}
     result = TuneResult(settings, chosen, points, base, list(greedy.order), data=data.describe())
     neuron_set = selective_set(settings, lm, chosen, greedy.order, problem.neuron_types, data.describe())

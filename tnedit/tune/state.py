@@ -40,6 +40,7 @@ class TuneStore:
     def __init__(self, out_dir: Path, key: dict[str, Any]):
         self.dir = out_dir / STATE_DIR
         self.key = key
+        self._made_out_dir = not out_dir.exists()  # a run that writes nothing leaves no empty directory
 
     @property
     def path(self) -> Path:
@@ -76,3 +77,5 @@ class TuneStore:
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.absolute() in COMPLETED:
             COMPLETED.remove(self.dir.absolute())
+        if self._made_out_dir and self.dir.parent.is_dir() and not any(self.dir.parent.iterdir()):
+            self.dir.parent.rmdir()
