@@ -80,6 +80,10 @@ def test_defaults_and_name(tmp_path):
         (MINIMAL + "evaluate: {control: always}\n", "evaluate.control must be random or none, got 'always'"),
         (MINIMAL + "evaluate: {languages: [ko]}\n", "evaluate: unknown key 'languages'"),
         (MINIMAL + "push: {dir: x}\n", "push: unknown key 'dir'"),
+        (MINIMAL + "tune: {enabled: true, max_neurons: 0}\n", "tune: --max-neurons must be an integer of at least 1"),
+        (MINIMAL + "tune: {enabled: true, keep: [ja]}\n", "tune: --keep ja: includes --lang ja"),
+        (MINIMAL + "tune: {lang: ko}\n", "tune: unknown key 'lang'"),
+        (MINIMAL.replace('"ja:1"', '"ja:selective"'), "names no neuron set the identify step writes"),
     ],
 )
 def test_bad_recipes(tmp_path, text, needle):
@@ -92,12 +96,14 @@ def test_bad_recipes(tmp_path, text, needle):
 # --- the steps nest the verbs' settings classes ---------------------------------------------------------
 
 # Keys a recipe step has besides its verb's settings fields.
-RECIPE_ONLY = {"identify": {"lape_languages"}, "edits": {"name"}, "evaluate": {"enabled", "metrics"}, "push": {"edit"}}
+RECIPE_ONLY = {"identify": {"lape_languages", "enabled"}, "tune": {"enabled", "keep_data"}, "edits": {"name"},
+               "evaluate": {"enabled", "metrics"}, "push": {"edit"}}
 # Defaults a recipe has that its verb does not: a random control, no push without a repo, a private repo.
 RECIPE_DEFAULTS = {("evaluate", "control"): "random", ("push", "repo"): None, ("push", "private"): True}
 # The keys recipes accepted before the steps nested the settings classes: each must keep working.
 EARLIER_KEYS = {
     "identify": {"method", "type", "k", "layers", "batch_size", "lape_languages"},
+    "tune": set(),
     "edits": {"name", "neurons", "op", "factor", "top_k", "layers"},
     "evaluate": {"enabled", "control", "positions", "seed", "metrics", "n_qa", "n_gen"},
     "push": {"repo", "private", "edit"},
@@ -105,6 +111,7 @@ EARLIER_KEYS = {
 # What the runner fills from the recipe's model, languages, data and edits: no step key may shadow it.
 FILLED_BY_RUNNER = {
     "identify": {"model", "lang", "langs", "data", "limit", "dtype", "device", "revision", "output"},
+    "tune": {"model", "lang", "data", "limit", "dtype", "device", "revision", "output", "resume"},
     "edits": {"model", "out", "revision", "overwrite"},
     "evaluate": {"original", "languages", "edited", "neurons", "op", "factor", "top_k", "layers", "data", "skip",
                  "n_pairs", "dtype", "device", "revision"},
@@ -117,8 +124,10 @@ def _verbs() -> dict[str, type]:
     from tnedit.evaluate.settings import EvaluateSettings
     from tnedit.hub import PushSettings
     from tnedit.identify.settings import IdentifySettings
+    from tnedit.tune.settings import TuneSettings
 
-    return {"identify": IdentifySettings, "edits": ApplySettings, "evaluate": EvaluateSettings, "push": PushSettings}
+    return {"identify": IdentifySettings, "tune": TuneSettings, "edits": ApplySettings, "evaluate": EvaluateSettings,
+            "push": PushSettings}
 
 
 @pytest.mark.parametrize("section", sorted(STEPS))
