@@ -120,10 +120,10 @@ def _greedy(problem: GreedyProblem, state: TuneState, settings: TuneSettings, sa
             state.greedy_done = final or greedy.order == before
             save()
             bar.update(1)
-            reporter.log(_round_line(greedy.rounds[-1], greedy.base, problem))
+            reporter.log(_round_line(greedy.rounds[-1], greedy.base))
 
 
-def _round_line(m: Measurement, base: dict[str, float], problem: GreedyProblem) -> str:
+def _round_line(m: Measurement, base: dict[str, float]) -> str:
     ratios = ", ".join(f"{lang} ×{math.exp(loss - base[lang]):.3g}" for lang, loss in m.losses.items())
     return f"tune: {m.label}: {m.prefix} neurons: {ratios}"
 
