@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tnedit.errors import InputError
 from tnedit.tune.search import GreedyProblem, GreedyState, Measurement
 
@@ -61,17 +59,9 @@ class TrialSpace:
         return out
 
 
-def trial_factors(problem: GreedyProblem, order: list[tuple[int, int]], factors: dict[str, float]) -> np.ndarray:
-    """The factor matrix of a prefix of the greedy order with per-type factors."""
-    matrix = np.ones(problem.candidates.shape, dtype=np.float32)
-    for layer, index in order:
-        matrix[layer, index] = factors[str(int(problem.neuron_types[layer, index]))]
-    return matrix
-
-
 def measure(problem: GreedyProblem, order: list[tuple[int, int]], factors: dict[str, float]) -> dict[str, float]:
-    matrix = trial_factors(problem, order, factors)
-    return {t.language: problem.probe.loss(t, matrix) for t in [problem.target, *problem.kept]}
+    """One trial's losses: a prefix of the greedy order with per-type factors."""
+    return problem.losses(problem.factors_of(order, factors))
 
 
 def _values(problem: GreedyProblem, state: GreedyState, m: Measurement) -> tuple[list[float], float]:

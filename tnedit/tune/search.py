@@ -81,11 +81,17 @@ class GreedyProblem:
     max_neurons: int
     budget: float  # in mean NLL: log(1 + calibration perplexity rise)
 
-    def factors_of(self, order: list[tuple[int, int]]) -> np.ndarray:
+    def factors_of(self, order: list[tuple[int, int]], by_type: dict[str, float] | None = None) -> np.ndarray:
+        """The factor matrix of ``order``: each neuron's type's factor in ``by_type``, else the greedy's one."""
         factors = np.ones(self.candidates.shape, dtype=np.float32)
         for layer, index in order:
-            factors[layer, index] = self.factor
+            own = None if by_type is None else by_type[str(int(self.neuron_types[layer, index]))]
+            factors[layer, index] = self.factor if own is None else own
         return factors
+
+    def losses(self, factors: np.ndarray) -> dict[str, float]:
+        """The measured calibration loss of every language (target first) under ``factors``."""
+        return {t.language: self.probe.loss(t, factors) for t in [self.target, *self.kept]}
 
     def kept_damage(self, losses: dict[str, float], base: dict[str, float]) -> float:
         return max(losses[t.language] - base[t.language] for t in self.kept)
@@ -98,12 +104,12 @@ class GreedyProblem:
 def measure_round(problem: GreedyProblem, state: GreedyState, final: bool) -> dict[str, np.ndarray]:
     """Measure the current set (and, unless ``final``, every neuron's attribution at it); record the round."""
     factors = problem.factors_of(state.order)
-    losses: dict[str, float] = {}
     grads: dict[str, np.ndarray] = {}
-    for texts in [problem.target, *problem.kept]:
-        if final:
-            losses[texts.language] = problem.probe.loss(texts, factors)
-        else:
+    if final:
+        losses = problem.losses(factors)
+    else:
+        losses = {}
+        for texts in [problem.target, *problem.kept]:
             losses[texts.language], grads[texts.language] = problem.probe.attribution(texts, factors)
     if not state.base:
         state.base = dict(losses)
