@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from tnedit.errors import TneditError  # layer 0, stdlib only: importing it keeps --help instant
+
 # verb -> "module:attribute" under tnedit.cli
 VERBS: dict[str, str] = {
     "identify": "identify:identify_command",
@@ -110,8 +112,6 @@ def one_line(text: str) -> str:
 
 def describe_exception(exc: BaseException) -> str:
     """A one-line description of any exception a user can trigger."""
-    from tnedit.errors import TneditError
-
     if isinstance(exc, TneditError):
         return one_line(str(exc))
     if isinstance(exc, OSError) and exc.strerror:
@@ -142,12 +142,6 @@ def _show_python_warning(message: Any, category: Any, filename: str, lineno: int
     click.echo(f"tnedit: warning: {one_line(str(message))}", err=True)
 
 
-def _tnedit_error() -> type[Exception]:
-    from tnedit.errors import TneditError
-
-    return TneditError
-
-
 def main(argv: list[str] | None = None) -> Any:
     import warnings
 
@@ -176,7 +170,7 @@ def main(argv: list[str] | None = None) -> Any:
         if debug:
             raise
         click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException | _tnedit_error()) else 2)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException | TneditError) else 2)
 
 
 if __name__ == "__main__":

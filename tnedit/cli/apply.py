@@ -127,6 +127,10 @@ def _massive_keys(neuron_set: Any, marking: dict[str, Any] | None) -> set[tuple[
 
 def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
     """The human-readable listing of `inspect`."""
+    from dataclasses import asdict
+
+    from tnedit.formats.neurons import tune_summary
+
     lines = [f"{Path(neurons_file).name}: {len(neuron_set)} neurons"]
     model, method = neuron_set.model, neuron_set.method
     if model:
@@ -143,7 +147,9 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         if method.k:
             desc += f" k={method.k}"
         lines.append(desc)
-        lines += _tune_lines(method)
+        summary = tune_summary(asdict(method))
+        if summary:
+            lines.append(f"tune:   {summary}")
     lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
     marking = _massive(neuron_set)
     massive = _massive_keys(neuron_set, marking)
@@ -160,22 +166,6 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         mark = "  *" if (n.layer, n.index) in massive else ""
         lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}{factor}{mark}")
     return "\n".join(lines)
-
-
-def _tune_lines(method: Any) -> list[str]:
-    """What `tnedit tune` measured for a set it chose: the kept languages and both splits' ratios."""
-    tune = (method.extra or {}).get("tune")
-    if not isinstance(tune, dict):
-        return []
-
-    def ratios(values: dict[str, Any] | None) -> str:
-        return ", ".join(f"{lang} ×{v:.4g}" for lang, v in (values or {}).items() if isinstance(v, int | float))
-
-    calibration = tune.get("calibration") or {}
-    kept = [lang for lang in method.languages if lang != method.language]
-    return [f"tune:   keep {','.join(kept)} within +{(tune.get('settings') or {}).get('max_ppl_increase', 0):.0%}; "
-            f"calibration {method.language} ×{calibration.get('target_ratio', float('nan')):.4g}, "
-            f"{ratios(calibration.get('kept_ratios'))}; validation {ratios(tune.get('validation')) or '–'}"]
 
 
 @click.command("inspect")

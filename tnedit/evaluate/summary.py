@@ -100,14 +100,15 @@ def headline_rows(data: dict[str, Any], english: str, languages: Sequence[str]) 
             mid = float(np.mean([rep["cos_parallel"][i] for i in mids]))
             base = float(np.mean([orig["representation"][lang]["cos_parallel"][i] for i in mids]))
             qa = c.get("qa", {}).get(lang) or {}
+            floor = float(np.mean([rep["cos_nonparallel"][i] for i in mids]))
             rows.append({
                 "condition": name,
                 "lang": lang,
                 "n_neurons": c["n_neurons"],
                 "mid_cos": mid,
                 "mid_cos_delta": mid - base,
-                "mid_floor": float(np.mean([rep["cos_nonparallel"][i] for i in mids])),
-                "mid_margin": mid - float(np.mean([rep["cos_nonparallel"][i] for i in mids])),
+                "mid_floor": floor,
+                "mid_margin": mid - floor,
                 "mid_knn": float(np.mean([rep["mutual_knn"][i] for i in mids])),
                 "ppl_en": c["lm"][english]["perplexity"],
                 "ppl_l2": c["lm"][lang]["perplexity"],

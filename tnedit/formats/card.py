@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tnedit.formats.neurons import own_factors_text
+from tnedit.formats.neurons import own_factors_text, tune_summary
 from tnedit.formats.outputs import write_text
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 
@@ -125,24 +125,9 @@ def _origin(method: dict[str, Any]) -> str:
 
 def _tune_origin(method: dict[str, Any]) -> str:
     """What ``tnedit tune`` measured: the target's and every kept language's perplexity ratio, on both splits."""
-    languages = method.get("languages") or []
-    target, kept = method.get("language"), [lang for lang in languages if lang != method.get("language")]
-    tune = (method.get("extra") or {}).get("tune") or {}
-    bound = (tune.get("settings") or {}).get("max_ppl_increase")
-    calibration = tune.get("calibration") or {}
-    validation = tune.get("validation") or {}
-
-    def ratios(values: dict[str, Any]) -> str:
-        return ", ".join(f"{lang} ×{value:.3g}" for lang, value in values.items() if isinstance(value, int | float))
-
-    text = (f" They were chosen by `tnedit tune` to break `{target}` while keeping {', '.join(f'`{k}`' for k in kept)}"
-            + (f" within +{bound:.0%} perplexity" if isinstance(bound, int | float) else "") + ".")
-    if calibration:
-        text += (f" On its calibration sentences: {target} ×{calibration.get('target_ratio', float('nan')):.3g}, "
-                 f"{ratios(calibration.get('kept_ratios') or {})}.")
-    if validation:
-        text += f" On its held-out validation sentences: {ratios(validation)}."
-    return text
+    summary = tune_summary(method)
+    measured = f" (perplexity ratios: {summary})" if summary else ""
+    return f" They were chosen by `tnedit tune` to break `{method.get('language')}`{measured}."
 
 
 def _describe_edit(provenance: Provenance) -> str:

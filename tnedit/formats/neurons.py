@@ -175,6 +175,26 @@ def own_factors_text(op: str, factor: float | None, factors: Iterable[float]) ->
     return f"their own factors ({shown})"
 
 
+def tune_summary(method: dict[str, Any]) -> str | None:
+    """What ``tnedit tune`` measured for a set it chose (``method.extra.tune``), in one line, e.g.
+    ``keep en within +10%; calibration ja ×1.096e+05, en ×1.057; validation ja ×8.823e+04, en ×1.076``."""
+    tune = (method.get("extra") or {}).get("tune")
+    if not isinstance(tune, dict):
+        return None
+
+    def ratios(values: Any) -> str:
+        shown = (values or {}).items() if isinstance(values, dict) else []
+        return ", ".join(f"{lang} ×{v:.4g}" for lang, v in shown if isinstance(v, int | float)) or "–"
+
+    target = method.get("language")
+    kept = [lang for lang in method.get("languages") or [] if lang != target]
+    bound = (tune.get("settings") or {}).get("max_ppl_increase")
+    within = f" within +{bound:.0%}" if isinstance(bound, int | float) else ""
+    calibration = tune.get("calibration") or {}
+    measured = ratios({target: calibration.get("target_ratio"), **(calibration.get("kept_ratios") or {})})
+    return f"keep {','.join(kept)}{within}; calibration {measured}; validation {ratios(tune.get('validation'))}"
+
+
 def parse_factor(value: Any, where: str) -> float:
     """A finite factor, finite in float32 too: edits multiply in float32, where 1e39 is already inf."""
     if isinstance(value, bool):

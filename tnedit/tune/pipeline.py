@@ -152,7 +152,7 @@ def _validator(problem: GreedyProblem, order: list[tuple[int, int]],
                validation: dict[str, CalibrationTexts]) -> Callable[[Measurement], dict[str, float]]:
     """Perplexity ratios of a measured set on the validation split (the unedited losses measured once)."""
     held_out = problem.on(validation)
-    base = {lang: problem.probe.loss(texts, identity_factors(problem.probe.lm)) for lang, texts in validation.items()}
+    base = held_out.losses(identity_factors(problem.probe.lm))
 
     def validate(m: Measurement) -> dict[str, float]:
         losses = measure(held_out, order[: m.prefix], m.factors)
