@@ -41,6 +41,9 @@ class Architecture:
     # A norm applied to the MLP output before the residual add (Gemma 2/3 sandwich norm).
     out_norm: str | None = None
     out_norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (offset + weight)
+    # The norm after the last decoder layer, an attribute of the module that holds the decoder ModuleList;
+    # HF's last output_hidden_states entry is its output (identify --centroids hidden-states applies it).
+    final_norm: str = "norm"
     num_layers_keys: tuple[str, ...] = ("num_hidden_layers",)
     hidden_keys: tuple[str, ...] = ("hidden_size",)
     intermediate_keys: tuple[str, ...] = ("intermediate_size",)
@@ -137,6 +140,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         act="mlp.act",
         gated=False,
         residual_input_of="ln_2",
+        final_norm="ln_f",
         num_layers_keys=("n_layer",),
         hidden_keys=("n_embd",),
         intermediate_keys=("n_inner",),
@@ -154,6 +158,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         residual_input_of="post_attention_layernorm",
         parallel_attention="attention",
         parallel_flag="use_parallel_residual",
+        final_norm="final_layer_norm",
     ),
     Architecture(
         name="bloom",
@@ -164,6 +169,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         act="mlp.gelu_impl",
         gated=False,
         residual_input_of="post_attention_layernorm",
+        final_norm="ln_f",
         num_layers_keys=("n_layer", "num_hidden_layers"),
         hidden_keys=("hidden_size", "n_embed"),
         intermediate_keys=(),
@@ -179,6 +185,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         act="activation_fn",
         gated=False,
         residual_input_of="final_layer_norm",
+        final_norm="final_layer_norm",
         intermediate_keys=("ffn_dim",),
         notes="fc1/fc2 live on the decoder layer itself; assumes do_layer_norm_before (all but 350m)",
     ),

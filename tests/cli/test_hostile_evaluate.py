@@ -489,3 +489,28 @@ def test_gpt2_text_and_generation_longer_than_its_context(tmp_path, capsys):
     bad[bad.index("-o") + 1] = str(tmp_path / "report2")
     expect_clean_failure("evaluate: --max-new-tokens fills the context", bad, capsys, watch=[tmp_path],
                          needles=[f"context of {positions} tokens"])
+
+
+# --- lm-evaluation-harness options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--lm-eval", "no_such_task_anywhere"], "unknown task 'no_such_task_anywhere'"),
+    (["--lm-eval", "tiny", "--lm-eval-include", "missing-tasks"], "--lm-eval-include must be a folder"),
+    (["--lm-eval-include", "."], "--lm-eval-include needs --lm-eval"),
+    (["--lm-eval", "tiny", "--lm-eval-limit", "0"], "--lm-eval-limit must be at least 1"),
+    (["--lm-eval", "tiny", "--lm-eval-fewshot", "-1"], "--lm-eval-fewshot must not be negative"),
+    (["--lm-eval", "tiny", "--positions", "last"], "--positions last"),
+    (["--lm-eval", "tiny", "--lm-eval-batch-size", "0"], "--lm-eval-batch-size must be at least 1"),
+], ids=["unknown task", "include missing", "include alone", "limit 0", "fewshot -1", "last positions",
+        "batch 0"])
+def test_bad_harness_options(world, capsys, extra, needle):
+    pytest.importorskip("lm_eval")
+    extra = [str(world.root / e) if e == "missing-tasks" else e for e in extra]
+    fails(world, f"evaluate: --lm-eval {needle}", hook(world, *extra), capsys, needle)
+
+
+def test_harness_not_installed(world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` raises ImportError
+    fails(world, "evaluate: --lm-eval without the harness", hook(world, "--lm-eval", "tiny"), capsys,
+          "lm-evaluation-harness is not installed", "pip install 'tnedit[lmeval]'")

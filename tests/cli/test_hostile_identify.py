@@ -135,6 +135,7 @@ def test_identify_data_missing_and_language_unknown(models, made, tmp_path, caps
     ("--exclude-massive", "1.5", "--exclude-massive: expected a fraction 0 <= Q < 1"),
     ("--exclude-massive", "nan", "--exclude-massive: expected a fraction 0 <= Q < 1"),
     ("--exclude-massive", "lots", "is not a valid float"),
+    ("--centroids", "raw", "'raw' is not one of 'layer-outputs', 'hidden-states'"),
 ])
 def test_identify_bad_option(models, made, tmp_path, capsys, option, value, needle):
     args = _identify(models, made, "-o", str(tmp_path / "o"), option, value)
@@ -213,6 +214,15 @@ def test_identify_resume_with_damaged_state(models, made, interrupted, tmp_path,
         out = damaged(what.replace(" ", "-").replace("/", "_"), damage)
         expect_clean_failure(f"identify: --resume with {what}", _resume_args(models, made, out), capsys,
                              watch=[tmp_path, models.llama], inputs=[out, made.data], needles=[needle])
+
+
+def test_identify_resume_with_the_other_centroid_source(models, made, interrupted, tmp_path, capsys):
+    out = tmp_path / "o"
+    shutil.copytree(interrupted, out)  # made with the default, --centroids layer-outputs
+    args = [*_resume_args(models, made, out), "--centroids", "hidden-states"]
+    expect_clean_failure("identify: --resume with the other --centroids", args, capsys,
+                         watch=[tmp_path, models.llama], inputs=[out, made.data],
+                         needles=["cannot resume", "different settings (centroids)"])
 
 
 def test_identify_missing_model_directory(made, tmp_path, capsys):
@@ -372,6 +382,10 @@ def test_lape_bad_inputs(models, made, tmp_path, capsys):
                              watch=[tmp_path, models.llama], needles=[f"{option[0]} is not used by --method lape"])
     expect_clean_failure("identify --method lape: --langs not in the data", [*base, "--langs", "en,ko"], capsys,
                          watch=[tmp_path, models.llama], inputs=[made.data], needles=["'ko'"])
+    expect_clean_failure("identify --method lape: --centroids hidden-states",
+                         [*base, "--langs", "en,ja", "--centroids", "hidden-states"], capsys,
+                         watch=[tmp_path, models.llama], inputs=[made.data],
+                         needles=["--centroids hidden-states: --method lape has no centroids"])
 
 
 # --- select ---------------------------------------------------------------------------------------

@@ -311,6 +311,22 @@ MARGIN_NOTE = ("margin = parallel minus floor, the alignment specific to transla
                "sentences leaves it unchanged); ")
 
 
+# identify --centroids: a neuron set's method records its centroid source. neurons.json writes the key only when it
+# is not the default (so default sets, digests included, are unchanged), but tnedit.json and report.json copy the
+# whole method block (dataclasses.asdict), the default included.
+DEFAULT_METHOD_CENTROIDS = ("centroids", "layer-outputs")
+
+
+def without_default_centroids(value: Any) -> Any:
+    """``value`` (a parsed tnedit.json or report.json) without the ``"centroids": "layer-outputs"`` of its method
+    blocks. Only that string value goes: report.json's per-condition ``centroids`` (heatmaps) are objects and stay."""
+    if isinstance(value, Mapping):
+        return {k: without_default_centroids(v) for k, v in value.items() if (k, v) != DEFAULT_METHOD_CENTROIDS}
+    if isinstance(value, list):
+        return [without_default_centroids(v) for v in value]
+    return value
+
+
 def _drop_cell(line: str, index: int) -> str:
     cells = line.split(" | ") if not line.startswith("|---") and not line.startswith("|:") else None
     if cells is None:  # the alignment row: |:---|---:|...

@@ -16,7 +16,8 @@ from tnedit.evaluate.settings import EvaluateSettings
 
 # The settings' options after -o, in the order --help lists them.
 OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "data", "skip", "n_pairs", "qa", "n_qa",
-           "qa_shots", "n_gen", "n_langid", "max_new_tokens", "qa_max_new_tokens", "kl_top_k", "batch_size",
+           "qa_shots", "n_gen", "n_langid", "max_new_tokens", "qa_max_new_tokens", "langid", "lm_eval",
+           "lm_eval_include", "lm_eval_limit", "lm_eval_fewshot", "lm_eval_batch_size", "kl_top_k", "batch_size",
            "gen_batch_size", "dtype", "device", "revision", "force")
 
 
@@ -39,7 +40,7 @@ def evaluate_command(original: str, edited: str | None, out: str, overwrite: boo
     Writes OUT/report.json (tnedit.report/1), OUT/report.md and PNG plots: per-layer en–L2
     similarity (parallel and shuffled pairs), mutual-kNN, PCA and centroid heatmaps; perplexity,
     KL and top-1 agreement against the original; QA F1/EM; greedy samples and the share that stays
-    in the prompt's language.
+    in the prompt's language; with --lm-eval, lm-evaluation-harness tasks on every condition.
 
     OUT must not be, contain or lie inside ORIGINAL or EDITED, and must not hold the neurons
     file, --data or --qa; this is checked before any model is loaded.
@@ -50,6 +51,8 @@ def evaluate_command(original: str, edited: str | None, out: str, overwrite: boo
       tnedit evaluate google/gemma-3-270m --neurons ja-type1.json --top-k 200 --positions last \\
           --lang ja --data en-ja.tsv --skip 800 --n-pairs 200 --control random -o report/
       tnedit evaluate google/gemma-3-270m --neurons 3:17,3:99 --lang ja -o report/
+      tnedit evaluate google/gemma-3-270m --neurons ja-type1.json --positions prompt --lang ja \\
+          --lm-eval mmlu_prox_ja --lm-eval-fewshot 5 --control random -o report/
     """
     from tnedit.evaluate import check_card_dir, check_report_dir, run_evaluation, update_card, write_report
 

@@ -16,9 +16,9 @@ from tnedit.identify.outputs import default_output_dir, read_neurons
 from tnedit.identify.settings import IdentifySettings, SelectSettings, lape_settings
 
 # Today's order of the identify options (the settings classes declare the shared pass fields first).
-IDENTIFY_OPTIONS = ("langs", "data", "limit", "type", "k", "exclude_massive", "layers", "method", "control", "like",
-                    "match_layers", "seed", "batch_size", "dtype", "device", "device_map", "max_length", "revision",
-                    "checkpoint_every", "resume", "output", "overwrite")
+IDENTIFY_OPTIONS = ("langs", "data", "limit", "type", "k", "exclude_massive", "layers", "centroids", "method",
+                    "control", "like", "match_layers", "seed", "batch_size", "dtype", "device", "device_map",
+                    "max_length", "revision", "checkpoint_every", "resume", "output", "overwrite")
 CONTROL_ONLY = ("like", "overwrite", "match_layers")
 NOT_LAPE = ("checkpoint_every", "resume", "type", "k", "exclude_massive")
 

@@ -138,7 +138,8 @@ def run_generation(
     for lang in texts:
         mine = [(p, o) for (lg, p), o in zip(prompts, outputs, strict=True) if lg == lang]
         out["generations"][lang] = [{"prompt": p, "output": o} for p, o in mine[: g.n_gen]]
-        out["output_language"][lang] = output_language_share([o for _, o in mine[: g.n_langid]], lang)
+        out["output_language"][lang] = output_language_share([o for _, o in mine[: g.n_langid]], lang,
+                                                             detector=g.langid, languages=list(texts))
     qa_rows = [
         (lang, it, qa_prompt(lang, shots, it.question)) for lang, (shots, items) in qa_sets.items() for it in items
     ]

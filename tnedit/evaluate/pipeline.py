@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from tnedit.checkpoint import resolve_source
 from tnedit.corpus import load_corpus
 from tnedit.errors import InputError
 from tnedit.evaluate.generation import run_generation
+from tnedit.evaluate.harness import HarnessPlan, check_harness, condition_results, harness_setup, run_harness
+from tnedit.evaluate.langid import resolve_detector
 from tnedit.evaluate.metrics import derangement, mid_layers
 from tnedit.evaluate.passes import Accumulator, Condition, LogprobCache, forward
 from tnedit.evaluate.plan import Plan, overlap_warning, plan_control, plan_evaluation
@@ -41,7 +43,7 @@ from tnedit.evaluate.summary import headline_rows, selectivity_rows, summarise_c
 from tnedit.formats.digest import sha256_texts
 from tnedit.formats.outputs import atomic_directory, check_output_dir, require_writable, write_json
 from tnedit.formats.report import REPORT_FORMAT, REPORT_MARKDOWN_NAME, REPORT_NAME, check_report
-from tnedit.model.loading import load_model
+from tnedit.model.loading import LoadedModel, load_model
 from tnedit.qa import QAItem, load_qa
 from tnedit.reporting import ProgressBar, Reporter, resolve_reporter
 from tnedit.versions import package_versions
@@ -104,6 +106,7 @@ class _WarningLog(Reporter):
 
     def __init__(self, inner: Reporter):
         self.inner = inner
+        self.shows_bars = inner.shows_bars
         self.warnings: list[str] = []
 
     def bar(self, total: int, desc: str, unit: str = "batch", initial: int = 0) -> ProgressBar:
@@ -145,6 +148,7 @@ class _Inputs:
     qa_sets: dict[str, Any]
     timer: _Timer
     reporter: Reporter
+    harness: HarnessPlan | None = None
 
 
 @dataclass
@@ -159,6 +163,7 @@ class _Runs:
     original_info: dict[str, Any]
     device: str
     edited_info: dict[str, Any] | None = None
+    harness: dict[str, dict[str, Any]] = field(default_factory=dict)  # condition -> the harness's raw results
 
 
 def _collect() -> None:
@@ -188,7 +193,16 @@ def _run_original(run: _Inputs, original_path: Path) -> tuple[_Runs, LogprobCach
             gens[cond.name] = run_generation(lm, cond, run.texts, run.qa_sets, s.generation, reporter=run.reporter)
     original_info = {**asdict(lm.model_info()), "path": str(original_path), "dtype": str(lm.dtype),
                      "tokenizer": lm.tokenizer_facts()}
-    return _Runs(conds, accs, gens, n_layers, control_info, original_info, str(lm.device)), cache
+    runs = _Runs(conds, accs, gens, n_layers, control_info, original_info, str(lm.device))
+    for cond in first_pass:
+        _run_harness(run, runs, lm, cond)
+    return runs, cache
+
+
+def _run_harness(run: _Inputs, runs: _Runs, lm: LoadedModel, cond: Condition) -> None:
+    if run.harness is not None:
+        with run.timer.stage("lm_eval_s"):
+            runs.harness[cond.name] = run_harness(lm, cond, run.harness, run.reporter)
 
 
 def _run_baked(run: _Inputs, runs: _Runs, cache: LogprobCache | None) -> None:
@@ -204,6 +218,7 @@ def _run_baked(run: _Inputs, runs: _Runs, cache: LogprobCache | None) -> None:
     with run.timer.stage("generate_s", "generation and QA: edited"):
         runs.gens["edited"] = run_generation(lm, plan.edited, run.texts, run.qa_sets, s.generation,
                                              reporter=run.reporter)
+    _run_harness(run, runs, lm, plan.edited)
     runs.edited_info = {"name_or_path": str(s.edited), "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype),
                         "tokenizer_check": plan.tokenizer_check}
 
@@ -229,7 +244,21 @@ def _report_data(run: _Inputs, runs: _Runs, data_info: dict[str, Any], warnings:
     }
     data["headline"] = headline_rows(data, s.english, s.languages)
     data["selectivity"] = selectivity_rows(data, s.english, s.languages)
+    if run.harness is not None:
+        data["lm_eval"] = {c.name: condition_results(runs.harness[c.name], run.harness.tasks) for c in runs.conds}
+        data["lm_eval_setup"] = {**harness_setup(runs.harness["original"], run.harness),
+                                 "positions": run.plan.edited.positions}
     return data
+
+
+def harness_plan(s: EvaluateSettings, reporter: Reporter) -> HarnessPlan | None:
+    """The harness run of a resolved evaluation, checked (installed, tasks known); None without --lm-eval."""
+    if not s.lm_eval:
+        return None
+    plan = HarnessPlan(tuple(s.lm_eval), s.lm_eval_include, s.lm_eval_limit, s.lm_eval_fewshot,
+                       s.lm_eval_batch_size, quiet=not reporter.shows_bars)
+    check_harness(plan)
+    return plan
 
 
 def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = None) -> EvaluationReport:
@@ -242,6 +271,8 @@ def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = No
     started = time.perf_counter()
     log = _WarningLog(resolve_reporter(reporter))
     s = settings.resolve()
+    s = replace(s, langid=resolve_detector(s.langid))
+    harness = harness_plan(s, log)
     texts, data_info = load_pairs(s)
     if data_info["n_pairs"] < s.n_pairs:
         log.warn(f"only {data_info['n_pairs']} pairs available after --skip {s.skip} (asked for {s.n_pairs})")
@@ -251,7 +282,7 @@ def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = No
     overlap = overlap_warning(plan, data_info, functools.partial(count_rows, s), skip=s.skip, n_pairs=s.n_pairs)
     if overlap:
         log.warn(overlap)
-    run = _Inputs(s, plan, texts, qa_sets, _Timer(log), log)
+    run = _Inputs(s, plan, texts, qa_sets, _Timer(log), log, harness)
     runs, cache = _run_original(run, original_path)
     _collect()  # the original is freed before a baked EDITED_DIR loads
     if plan.edited.kind == "baked":

@@ -16,6 +16,7 @@ from tnedit.errors import InputError
 from tnedit.evaluate.tables import (
     Table,
     all_tables,
+    harness_table,
     headline_table,
     render_console,
     render_markdown,
@@ -63,10 +64,16 @@ def _selectivity_markdown(report: dict[str, Any]) -> list[str]:
     return [*(f"- {line}" for line in lines), ""] if lines else []
 
 
+def summary_tables(report: dict[str, Any]) -> list[Table]:
+    """The headline, and the lm-evaluation-harness table when the evaluation ran the harness."""
+    harness = harness_table(report)
+    return [headline_table(report)] + ([harness] if harness is not None else [])
+
+
 def render_report_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """report.md: what was compared, the headline, the plots (file names) and every detail table."""
     lines = ["# tnedit evaluation", "", *_report_lines(report), "", "## Summary", "",
-             render_markdown([headline_table(report)]), *_selectivity_markdown(report)]
+             render_markdown(summary_tables(report)), *_selectivity_markdown(report)]
     if any("last" == (report["conditions"][c].get("positions")) for c in report["conditions"]):
         lines.append(
             "_A hook on the last token cannot change in-sentence perplexity; perplexity and KL are meaningful "
@@ -92,6 +99,9 @@ def card_markdown(data: dict[str, Any], plot_prefix: str | None = None) -> str:
         "",
         *_selectivity_markdown(data),
     ]
+    harness = harness_table(data)
+    if harness is not None:
+        lines += [render_markdown([harness]).strip(), ""]
     if plot_prefix is not None:
         lines += [f"![en–L2 similarity per layer]({plot_prefix}similarity.png)", ""]
     return "\n".join(lines)
@@ -108,7 +118,7 @@ class EvaluationReport:
         return headline_table(self.data)
 
     def console(self) -> str:
-        return render_console([self.headline()]) + "".join(f"{line}\n" for line in selectivity_lines(self.data))
+        return render_console(summary_tables(self.data)) + "".join(f"{line}\n" for line in selectivity_lines(self.data))
 
     def markdown(self, plots: Sequence[str] = ()) -> str:
         return render_report_markdown(self.data, plots)

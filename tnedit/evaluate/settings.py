@@ -18,10 +18,11 @@ from tnedit.formats.neurons import NeuronSet
 from tnedit.settings import setting
 
 Control = Literal["random", "none"]
+Detector = Literal["auto", "lingua", "heuristic"]
 
 SHARED_LANGUAGE = "en"
 HOOK_ONLY = "--op, --factor, --top-k, --layers and --positions apply to --neurons hooks, not to a baked EDITED_DIR"
-AT_LEAST_ONE = ("batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers")
+AT_LEAST_ONE = ("batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers", "lm_eval_batch_size")
 NOT_NEGATIVE = ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens", "qa_max_new_tokens")
 
 
@@ -37,6 +38,7 @@ class GenerationSettings:
     max_new_tokens: int
     qa_max_new_tokens: int
     gen_batch_size: int
+    langid: Detector = "auto"
 
 
 @dataclass
@@ -79,6 +81,19 @@ class EvaluateSettings:
     n_gen: int = setting(3, show_default=True, help="Generation samples shown per language.")
     n_langid: int = setting(16, show_default=True, help="Continuations per language for the output-language share.")
     max_new_tokens: int = setting(20, show_default=True, help="Tokens per continuation.")
+    langid: Detector = setting(
+        "auto", show_default=True,
+        help="Output-language identifier: lingua (pip install 'tnedit[langid]'), heuristic (script and stop "
+             "words), or auto (lingua when installed).")
+    lm_eval: list[str] = setting(
+        default_factory=list, metavar="TASK[,TASK]", multiple=True,
+        help="Run these lm-evaluation-harness tasks (or groups) on every condition (pip install 'tnedit[lmeval]').")
+    lm_eval_include: str | None = setting(
+        None, metavar="DIR", help="A folder of task YAML files for --lm-eval (the harness's --include_path).")
+    lm_eval_limit: int | None = setting(None, metavar="N", help="At most N documents per --lm-eval task.")
+    lm_eval_fewshot: int | None = setting(None, metavar="K", help="Few-shot examples per --lm-eval prompt "
+                                                                   "[default: each task's own].")
+    lm_eval_batch_size: int = setting(1, show_default=True, help="Requests per forward pass of the harness.")
     knn_k: int = setting(10, cli=False, help="k of the mutual k-NN alignment.")
     pca_layers: int = setting(4, cli=False, help="Layers with a PCA plot and a centroid heatmap.")
     kl_top_k: int = setting(1024, show_default=True,
@@ -94,13 +109,14 @@ class EvaluateSettings:
     @property
     def generation(self) -> GenerationSettings:
         return GenerationSettings(self.n_gen, self.n_langid, self.max_new_tokens, self.qa_max_new_tokens,
-                                  self.gen_batch_size)
+                                  self.gen_batch_size, self.langid)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(self.neurons, NeuronSet):
             out["neurons"] = f"<in-memory NeuronSet sha256:{self.neurons.sha256()}>"
         out["languages"] = list(self.languages)
+        out["lm_eval"] = list(self.lm_eval)
         return out
 
     def check_baked_options(self) -> None:
@@ -136,7 +152,27 @@ class EvaluateSettings:
         if s.control not in (None, "random"):
             raise InputError(f"--control must be 'random' or 'none', got {s.control!r}")
         s._check_counts()
+        s._check_harness_options()
         return s
+
+    def _check_harness_options(self) -> None:
+        """The --lm-eval options, without the harness itself (that check needs it installed)."""
+        self.lm_eval = list(dict.fromkeys(name.strip() for value in self.lm_eval for name in str(value).split(",")
+                                          if name.strip()))
+        if not self.lm_eval:
+            given = [flag for flag, value in (("--lm-eval-include", self.lm_eval_include),
+                                              ("--lm-eval-limit", self.lm_eval_limit),
+                                              ("--lm-eval-fewshot", self.lm_eval_fewshot)) if value is not None]
+            if given:
+                raise InputError(f"{given[0]} needs --lm-eval TASK")
+            return
+        if self.positions == "last":
+            raise InputError("--lm-eval: --positions last edits one token per sentence (the representation "
+                             "analyses); a benchmark runs with --positions all or prompt")
+        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
+            raise InputError(f"--lm-eval-limit must be at least 1, got {self.lm_eval_limit}")
+        if self.lm_eval_fewshot is not None and self.lm_eval_fewshot < 0:
+            raise InputError(f"--lm-eval-fewshot must not be negative, got {self.lm_eval_fewshot}")
 
     def _check_counts(self) -> None:
         for name in AT_LEAST_ONE:

@@ -268,6 +268,46 @@ def generation_table(report: dict[str, Any]) -> Table:
     return Table("Greedy continuations, side by side", cols, rows)
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _with_stderr(metrics: dict[str, Any], metric: str) -> str | None:
+    value = metrics.get(metric)
+    if value is None:
+        return None
+    stderr = metrics.get(f"{metric}_stderr")
+    return _number(value) if stderr is None else f"{_number(value)} ± {_number(stderr)}"
+
+
+def harness_table(report: dict[str, Any]) -> Table | None:
+    """lm-evaluation-harness: one row per task and metric, each condition with its difference to the original."""
+    results = report.get("lm_eval")
+    if not results:
+        return None
+    conds = [c for c in conditions(report) if c in results]
+    rows = []
+    for task, metrics in results["original"].items():
+        for metric in (m for m in metrics if not m.endswith("_stderr")):
+            row: dict[str, Any] = {"task": task, "metric": metric}
+            for c in conds:
+                row[c] = _with_stderr(results[c].get(task, {}), metric)
+                value, base = results[c].get(task, {}).get(metric), metrics[metric]
+                if c != "original" and value is not None and base is not None:
+                    row[f"{c}_delta"] = value - base
+            rows.append(row)
+    columns = [Column("task", "task", _text, "left"), Column("metric", "metric", _text, "left")]
+    for c in conds:
+        columns.append(Column(c, c, _text))
+        if c != "original":
+            columns.append(Column(f"{c}_delta", f"Δ {c}", lambda v: f"{v:+.4g}"))
+    setup = report.get("lm_eval_setup") or {}
+    versions = ", ".join(f"{task} {facts.get('version')}" for task, facts in setup.get("tasks", {}).items())
+    note = (f"lm-evaluation-harness {setup.get('version')}, edit positions `{setup.get('positions')}`; "
+            f"task versions: {versions}")
+    return Table("lm-evaluation-harness", columns, rows, note=note)
+
+
 def all_tables(report: dict[str, Any]) -> list[Table]:
     tables = [headline_table(report), lm_table(report)]
     qa = qa_table(report)

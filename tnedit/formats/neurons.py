@@ -24,6 +24,10 @@ from tnedit.formats.outputs import write_text
 
 FORMAT = "tnedit.neurons/1"
 FLOAT32_MAX = 3.4028234663852886e38  # factors are applied in float32: a larger one is already inf
+# Where a transfer set's centroids came from (``method.centroids``): the raw decoder-layer outputs, or HF's
+# output_hidden_states (the last layer's after the final norm, as the authors' code reads them).
+CENTROID_SOURCES = ("layer-outputs", "hidden-states")
+DEFAULT_CENTROIDS = "layer-outputs"
 
 
 # The name of NeuronSetError before the error family was one; kept for library callers for one release.
@@ -70,6 +74,23 @@ class Method:
     seed: int | None = None
     tnedit_version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    centroids: str = DEFAULT_CENTROIDS  # one of CENTROID_SOURCES; a file without the key means the default
+
+
+def method_dict(method: Method) -> dict[str, Any]:
+    """The ``method`` block as written: ``centroids`` only when it is not the default, so a default set (and every
+    LAPE, random and manual one) is byte-identical, digest included, to one written before the key existed."""
+    out = asdict(method)
+    if out["centroids"] == DEFAULT_CENTROIDS:
+        del out["centroids"]
+    return out
+
+
+def centroids_text(method: Method | None) -> str | None:
+    """``"centroids: hidden-states (...)"`` for ``inspect`` when a set's centroids are not the default, else None."""
+    if method is None or method.centroids == DEFAULT_CENTROIDS:
+        return None
+    return f"centroids: {method.centroids} (the last layer's centroid after the final norm)"
 
 
 @dataclass
@@ -100,7 +121,7 @@ class NeuronSet:
         return {
             "format": FORMAT,
             "model": asdict(self.model) if self.model else None,
-            "method": asdict(self.method) if self.method else None,
+            "method": method_dict(self.method) if self.method else None,
             "neurons": [_neuron_dict(n) for n in self.neurons],
         }
 
@@ -316,6 +337,7 @@ _KINDS: dict[str, Any] = {
     "an object": lambda v: isinstance(v, dict),
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "a list of non-negative integers": lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v),
+    " or ".join(CENTROID_SOURCES): lambda v: v in CENTROID_SOURCES,
 }
 _MODEL_FIELDS = {
     "name_or_path": "a string",
@@ -340,6 +362,7 @@ _METHOD_FIELDS = {
     "seed": "an integer",
     "tnedit_version": "a string",
     "extra": "an object",
+    "centroids": " or ".join(CENTROID_SOURCES),
 }
 
 

@@ -5,7 +5,8 @@
    the activations ``a`` (for η²); over the English sentences also per neuron the sum of ``|a|`` over
    every real token and the token count (the mean |activation| that marks massive-activation neurons).
    ``C_shared = mean_j (h(e_j) + h(x_j)) / 2`` (Type-1), ``C_L2 = mean_j h(x_j)``
-   (Type-2).
+   (Type-2). With ``--centroids hidden-states`` the last layer's ``h`` passes through the model's final
+   norm first (:func:`last_layer_norm`): what HF's ``output_hidden_states`` holds there, as the authors read it.
 2. :class:`ScorePass` over the L2 sentences: every neuron's score against each centroid
    (:class:`tnedit.identify.scoring.LayerScorer`).
 
@@ -21,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tnedit.errors import CorpusError
+from tnedit.architectures import resolve_module
+from tnedit.errors import CorpusError, UnsupportedArchitectureError
+from tnedit.formats.neurons import DEFAULT_CENTROIDS
 from tnedit.identify.resume import Runner
 from tnedit.identify.scoring import LayerScorer
 from tnedit.model.capture import LastTokenStates
@@ -89,12 +92,44 @@ def _sums(lm: LoadedModel, layers: Sequence[int], with_acts: bool, with_abs: boo
                        abs_a=_zeros(lm, layers, width) if with_abs else None)
 
 
+def final_norm(lm: LoadedModel) -> torch.nn.Module:
+    """The norm after the last decoder layer: the registry's ``final_norm``, next to the decoder ModuleList."""
+    for path in lm.arch.layer_paths:
+        parent_path = path.rpartition(".")[0]
+        try:
+            if resolve_module(lm.model, path) is not lm.layers:
+                continue
+            parent = resolve_module(lm.model, parent_path) if parent_path else lm.model
+            return resolve_module(parent, lm.arch.final_norm)
+        except (AttributeError, IndexError):
+            continue
+    raise UnsupportedArchitectureError(f"{lm.arch.name}: no final norm '{lm.arch.final_norm}' next to the decoder "
+                                       "layers (--centroids hidden-states needs it)")
+
+
+def last_layer_norm(lm: LoadedModel, centroids: str) -> torch.nn.Module | None:
+    """What the last layer's output passes through before it enters a centroid: the final norm for
+    ``hidden-states`` (HF's last ``hidden_states`` entry is after it), nothing for ``layer-outputs``."""
+    return final_norm(lm) if centroids == "hidden-states" else None
+
+
+def normed(norm: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``norm(h)`` for last-token states (B, d): the module itself, so Gemma's (1 + w) RMSNorm stays exact."""
+    weight = next(norm.parameters(), None)
+    with torch.inference_mode():
+        return norm(h if weight is None else h.to(weight.device))
+
+
 class CentroidPass:
     """Sums of h (and of a, a² for η²) over the English sentences (optional) and the L2 sentences, and
-    of |a| over every real English token (``with_abs``)."""
+    of |a| over every real English token (``with_abs``). ``norm``, when given, is applied to the last
+    layer's h before it is summed (``--centroids hidden-states``)."""
 
     def __init__(self, lm: LoadedModel, language: str, en: Sequence[str] | None, l2: Sequence[str],
-                 layers: Sequence[int], en_key: str, with_acts: bool = True, with_abs: bool = True):
+                 layers: Sequence[int], en_key: str, with_acts: bool = True, with_abs: bool = True,
+                 norm: torch.nn.Module | None = None):
+        self.norm = norm
+        self.normed_layer = len(lm.layers) - 1
         self.texts = list(en or []) + list(l2)
         self.layers = list(layers)
         self.name = f"{language}:centroids"
@@ -112,6 +147,8 @@ class CentroidPass:
         groups = [(self.l2, 1.0 - is_en)] + ([(self.en, is_en)] if self.en is not None else [])
         for j, layer in enumerate(self.layers):
             h = states.h[layer]
+            if self.norm is not None and layer == self.normed_layer:
+                h = normed(self.norm, h)
             a = states.a.get(layer)
             for sums, weights in groups:
                 device = sums.h[j].device
@@ -200,16 +237,19 @@ def compute_centroids(
     batch_size: int = 16,
     max_length: int | None = None,
     reporter: Reporter | None = None,
+    centroids: str = DEFAULT_CENTROIDS,
 ) -> dict[str, Any]:
     """Per-layer centroids at the last token: ``{"shared": [L, d], "l2": [L, d]}`` (float64).
 
     ``shared`` (Type-1) needs ``en``, aligned with ``l2``; with ``en=None`` only ``l2`` is returned.
-    No progress bar unless a ``reporter`` is given.
+    ``centroids="hidden-states"`` takes the last layer's states after the final norm. No progress bar
+    unless a ``reporter`` is given.
     """
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
     if en is not None and len(en) != len(l2):
         raise CorpusError(f"{len(en)} English and {len(l2)} L2 sentences: centroids need aligned pairs")
-    p = CentroidPass(lm, "l2", en, l2, layers, en_key="en", with_acts=False, with_abs=False)
+    p = CentroidPass(lm, "l2", en, l2, layers, en_key="en", with_acts=False, with_abs=False,
+                     norm=last_layer_norm(lm, centroids))
     Runner(lm, batch_size=batch_size, max_length=max_length, reporter=reporter or NullReporter()).run(p)
     mean_l2 = stack(p.l2.h) / p.l2.n
     out: dict[str, Any] = {"l2": mean_l2, "layers": layers}

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from tnedit.formats.digest import sha256_texts
-from tnedit.formats.neurons import ModelInfo, NeuronSet
+from tnedit.formats.neurons import DEFAULT_CENTROIDS, ModelInfo, NeuronSet
 from tnedit.formats.scores import ScoresFile
 from tnedit.identify.outputs import save_neuron_set, save_scores_file
-from tnedit.identify.passes import CentroidPass, RunningSums, ScorePass, stack
+from tnedit.identify.passes import CentroidPass, RunningSums, ScorePass, last_layer_norm, stack
 from tnedit.identify.plan import Corpus, IdentifyPlan, resolve_plan
 from tnedit.identify.resume import BatchCallback, Runner, open_resume_store
 from tnedit.identify.selection import select_from_scores
@@ -105,10 +105,15 @@ def english_key(en: list[str], max_length: int) -> str:
 
 
 class Measurements:
-    """The centroid and score passes of each language, sharing one English pass between languages."""
+    """The centroid and score passes of each language, sharing one English pass between languages.
 
-    def __init__(self, lm: LoadedModel, runner: Runner, *, with_en: bool, eta2: bool):
+    ``centroids`` is the settings' source of the centroid states (the English pass it caches is of that source).
+    """
+
+    def __init__(self, lm: LoadedModel, runner: Runner, *, with_en: bool, eta2: bool,
+                 centroids: str = DEFAULT_CENTROIDS):
         self.lm, self.runner, self.with_en, self.eta2 = lm, runner, with_en, eta2
+        self.norm = last_layer_norm(lm, centroids)
         self.en_cache: dict[str, tuple[RunningSums, int]] = {}  # en_key -> (sums, sentences truncated)
         self.truncated: dict[str, int] = {}  # pass name -> sentences its statistics rest on that were cut
 
@@ -117,7 +122,7 @@ class Measurements:
         en_key = english_key(en, self.runner.max_length)
         cached = self.en_cache.get(en_key) if self.with_en else None
         centroid_pass = CentroidPass(self.lm, language, en if (self.with_en and cached is None) else None, l2,
-                                     all_layers, en_key, with_acts=self.eta2)
+                                     all_layers, en_key, with_acts=self.eta2, norm=self.norm)
         cut = self.runner.run(centroid_pass)
         if centroid_pass.en is not None:
             self.en_cache[en_key] = (centroid_pass.en, sum(cut[: centroid_pass.n_en_texts]))
@@ -153,6 +158,7 @@ def _resume_key(plan: IdentifyPlan) -> dict[str, Any]:
         "dtype": dtype_name(lm.dtype),
         "eta2": bool(settings.eta2),
         "exclude_massive": float(settings.exclude_massive),  # it may add the English pass
+        "centroids": settings.centroids,  # the last layer's sums differ between the two sources
         "tnedit_version": __version__,
     }
 
@@ -164,15 +170,21 @@ def _pairs(corpus: Corpus, language: str) -> tuple[list[str], list[str]]:
 
 
 def _method_base(plan: IdentifyPlan, stats: LanguageStats, truncated: dict[str, int]) -> dict[str, Any]:
-    """The method block every neuron set of one language records (and its scores file keeps)."""
+    """The method block every neuron set of one language records (and its scores file keeps, so ``select`` does).
+
+    ``centroids`` only when it is not the default: a default run's scores file stays byte-identical.
+    """
     lm, language = plan.lm, stats.language
-    return {
+    base: dict[str, Any] = {
         "data": {"source": str(plan.corpus.source), "sha256": plan.corpus.sha256, "n_pairs": stats.n_pairs},
         "dtype": dtype_name(lm.dtype),
         "tokenizer": lm.tokenizer_facts(),
         "extra": {"batch_size": plan.settings.batch_size, "max_length": plan.max_length,
                   "truncated": {name: n for name, n in truncated.items() if name.startswith(f"{language}:")}},
     }
+    if plan.settings.centroids != DEFAULT_CENTROIDS:
+        base["centroids"] = plan.settings.centroids
+    return base
 
 
 def _select_and_write(result: IdentifyResult, plan: IdentifyPlan, stats: LanguageStats, method: dict[str, Any],
@@ -221,7 +233,7 @@ def run_identify(
     runner = Runner(plan.lm, batch_size=settings.batch_size, max_length=plan.max_length, store=store,
                     checkpoint_every=settings.checkpoint_every, on_batch=on_batch, reporter=reporter)
     with_en = 1 in plan.types or settings.eta2 or settings.exclude_massive > 0
-    measured = Measurements(plan.lm, runner, with_en=with_en, eta2=settings.eta2)
+    measured = Measurements(plan.lm, runner, with_en=with_en, eta2=settings.eta2, centroids=settings.centroids)
     stats = {language: measured.language(language, *_pairs(plan.corpus, language)) for language in plan.languages}
     if any(measured.truncated.values()):
         cut = ", ".join(f"{name} {n}" for name, n in measured.truncated.items() if n)

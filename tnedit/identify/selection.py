@@ -18,7 +18,7 @@ import torch
 
 from tnedit.errors import InputError
 from tnedit.formats.layers import format_layers, parse_layers
-from tnedit.formats.neurons import Method, Neuron, NeuronSet
+from tnedit.formats.neurons import CENTROID_SOURCES, DEFAULT_CENTROIDS, Method, Neuron, NeuronSet
 from tnedit.formats.scores import MEAN_ABS, ScoresFile
 from tnedit.identify.outputs import check_output_json, save_neuron_set
 from tnedit.identify.settings import SHARED_LANGUAGE, SelectSettings, check_exclude_massive, default_layers
@@ -164,7 +164,17 @@ def _transfer_method(scores: ScoresFile, neuron_type: int, layers: list[int], k:
         seed=None,
         tnedit_version=__version__,
         extra={**base.get("extra", {}), **extra},
+        centroids=_centroids(scores),
     )
+
+
+def _centroids(scores: ScoresFile) -> str:
+    """The centroid source the scores were made with; a scores file without the key predates the choice."""
+    value = scores.method.get("centroids", DEFAULT_CENTROIDS)
+    if value not in CENTROID_SOURCES:
+        raise InputError(f"{scores.path or 'scores'}: metadata key 'method' has centroids {value!r}; "
+                         f"expected {' or '.join(CENTROID_SOURCES)}")
+    return str(value)
 
 
 # --- tnedit select -------------------------------------------------------------------------------

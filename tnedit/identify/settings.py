@@ -17,6 +17,7 @@ import click
 
 from tnedit.errors import InputError
 from tnedit.formats.layers import parse_layers, round_half_up
+from tnedit.formats.neurons import DEFAULT_CENTROIDS
 from tnedit.identify.outputs import check_output_directory
 from tnedit.settings import setting
 
@@ -25,6 +26,9 @@ SHARED_LANGUAGE = "en"
 
 NeuronType = Literal[1, 2, "both"]
 IdentifyMethod = Literal["transfer", "lape"]
+# Where the centroids C^l come from (METHOD.md, "Centroids"): the raw decoder-layer outputs, or HF's
+# output_hidden_states entries as the authors' code reads them (the last one comes after the final norm).
+CentroidSource = Literal["layer-outputs", "hidden-states"]
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -84,6 +88,17 @@ def check_exclude_massive(value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise InputError(f"--exclude-massive: expected a fraction 0 <= Q < 1 of all neurons, got {value!r}")
 
+
+def check_centroids(method: str, centroids: str) -> None:
+    """LAPE ranks activation probabilities and has no centroids: a centroid source other than the default is refused."""
+    if method == "lape" and centroids != DEFAULT_CENTROIDS:
+        raise InputError(f"--centroids {centroids}: --method lape has no centroids; "
+                         f"expected no --centroids (or {DEFAULT_CENTROIDS})")
+
+
+CENTROIDS_HELP = ("layer-outputs: centroids from the raw decoder-layer outputs (the last layer before the final "
+                  "norm); hidden-states: from HF's output_hidden_states, as the authors' code (the last layer's "
+                  "centroid after the final norm).")
 
 EXCLUDE_MASSIVE_HELP = ("Drop the top-Q fraction of all the model's neurons by mean |activation| on the English "
                         "sentences (massive-activation neurons) before the top k; 0 keeps them.")
@@ -156,6 +171,7 @@ class IdentifySettings(PassSettings):
     match_layers: bool = setting(False, recipe=False, help="--control: draw as many per layer as the reference set.")
     seed: int = setting(42, show_default=True, help="Seed of the random control.")
     exclude_massive: float = setting(0.0, show_default=True, help=EXCLUDE_MASSIVE_HELP)
+    centroids: CentroidSource = setting(DEFAULT_CENTROIDS, show_default=True, help=CENTROIDS_HELP)
     checkpoint_every: int | None = setting(None, help="Persist partial sums every N batches.")
     resume: bool = setting(False, recipe=False, help="Continue an interrupted run from its checkpoint under -o.")
     overwrite: bool = setting(False, recipe=False, help="--control: replace an existing -o file.")
@@ -166,6 +182,7 @@ class IdentifySettings(PassSettings):
 
     def check(self) -> None:
         """The checks that need neither the model nor the data, in the order the CLI reports them."""
+        check_centroids(self.method, self.centroids)
         if self.method != "transfer":
             raise InputError(f"method {self.method!r}: run_identify finds transfer neurons; "
                              "run LAPE with run_lape(lape_settings(settings))")
@@ -205,7 +222,11 @@ class LapeSettings(PassSettings):
 
 
 def lape_settings(settings: PassSettings, **changes: Any) -> LapeSettings:
-    """The LAPE settings of the pass fields of ``settings`` (an identify verb's, a recipe's), with ``changes``."""
+    """The LAPE settings of the pass fields of ``settings`` (an identify verb's, a recipe's), with ``changes``.
+
+    An identify verb's or recipe's ``centroids`` other than the default is refused here: LAPE never reads it.
+    """
+    check_centroids("lape", getattr(settings, "centroids", DEFAULT_CENTROIDS))
     shared = {f.name: getattr(settings, f.name) for f in fields(PassSettings)}
     return LapeSettings(**{**shared, **changes})
 

@@ -57,6 +57,7 @@ def resolve_paths(recipe: Recipe, recipe_dir: Path, overridden: Sequence[tuple[s
       is a file relative to the base (``{lang}`` is kept and filled in per language later).
     - ``edits[].neurons``: ``LANG:TYPE`` names an identify output unless a file of that name
       exists relative to the base; anything else is a neurons file relative to the base.
+    - ``evaluate.lm_eval_include``: a folder of task YAML files relative to the base.
     - ``output``: relative to the base; without one (``own_output`` false), ``runs/NAME`` under
       the working directory.
     """
@@ -74,6 +75,9 @@ def resolve_paths(recipe: Recipe, recipe_dir: Path, overridden: Sequence[tuple[s
             setattr(recipe.data, key, _local_path(value, base("data", key)))
     recipe.tune.keep_data = [value if not is_data_path(value) else _local_path(value, base("tune", "keep_data"))
                              for value in recipe.tune.keep_data]
+    if recipe.evaluate.lm_eval_include is not None:
+        include = base("evaluate", "lm_eval_include")
+        recipe.evaluate.lm_eval_include = _local_path(recipe.evaluate.lm_eval_include, include)
     for i, edit in enumerate(recipe.edits):
         where = base("edits", str(i), "neurons")
         if identify_ref(edit.neurons) is None or (where / edit.neurons).is_file():

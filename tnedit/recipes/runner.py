@@ -254,6 +254,7 @@ class RecipeRunner:
             n_pairs=r.data.evaluate_rows, n_qa=step.n_qa if "qa" in metrics else 0,
             n_gen=step.n_gen if generation else 0, n_langid=step.n_langid if generation else 0,
             dtype=r.model.dtype, device=r.model.device, revision=r.model.revision,
+            lm_eval=[task.replace("{lang}", lang) for task in step.lm_eval for lang in langs],
         )
         if step.positions in (None, "all"):
             return dataclasses.replace(settings, edited=str(edit_dir))
