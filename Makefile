@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_CPU ?= torch==2.13.0
 export TNEDIT_MODELS ?= $(CURDIR)/.cache/models
 
-.PHONY: install test models bench bench-apply bench-identify bench-tune lint demo clean
+.PHONY: install test models bench bench-apply bench-identify bench-langid bench-tune lint demo clean
 
 install: $(VENV)/.installed
 
@@ -25,13 +25,16 @@ models: install
 test: install models
 	$(PY) -m pytest -q
 
-bench: bench-apply bench-identify
+bench: bench-apply bench-identify bench-langid
 
 bench-apply: install
 	$(PY) benchmarks/bench_apply.py
 
 bench-identify: install models
 	$(PY) benchmarks/bench_identify.py
+
+bench-langid: install
+	$(PY) benchmarks/bench_langid.py
 
 # `tnedit tune` on Gemma-3-270M with the 1,000 shared en–ja pairs (about 15 min on 2 cores): not part of `make bench`.
 bench-tune: install models

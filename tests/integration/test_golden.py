@@ -45,7 +45,6 @@ from tests.support.golden import (
     materialise_baseline,
     run_sides,
     tnedit_lines,
-    without_default_centroids,
     without_intended_additions,
 )
 from tests.support.models import real_model_dir
@@ -68,7 +67,9 @@ SMALL_EVALUATION = ("--n-pairs", "8", "--n-qa", "2", "--n-gen", "1", "--n-langid
 
 # Fields that legitimately differ between two runs of the same code.
 ADDED_EXTRA = "massive"  # the neuron-set method extra the baseline predates (identify's massive-activation marking)
-REPORT_ADDED = ("mid_margin", "selectivity")  # 0.3: the headline's alignment margin and the selectivity rows
+# 0.3: the headline's alignment margin, the selectivity rows, the output-language detector, the lm-eval options
+REPORT_ADDED = ("mid_margin", "selectivity", "detector", "langid", "lm_eval", "lm_eval_include", "lm_eval_limit",
+                "lm_eval_fewshot", "lm_eval_batch_size")
 NEURONS_IGNORED = ("tnedit_version", ADDED_EXTRA)
 PROVENANCE_IGNORED = ("created", "command", "versions", "tnedit_version", ADDED_EXTRA)
 REPORT_IGNORED = ("created", "versions", "runtime", "provenance_created", "tnedit_version", ADDED_EXTRA,
@@ -406,8 +407,8 @@ def assert_same_checkpoint(pair: Pair, relative: str) -> None:
     differing = byte_differences(base, current, [n for n in names if n not in special])
     assert not differing, f"{relative}: bytes differ in {differing}"
     if "tnedit.json" in names:
-        provenance = without_default_centroids(_current_json(pair, current / "tnedit.json"))
-        differences = json_differences(_json(base / "tnedit.json"), provenance, ignore=PROVENANCE_IGNORED)
+        differences = json_differences(_json(base / "tnedit.json"), _current_json(pair, current / "tnedit.json"),
+                                       ignore=PROVENANCE_IGNORED)
         assert not differences, f"{relative}/tnedit.json:\n" + "\n".join(differences)
     if "README.md" in names:
         texts = [(d / "README.md").read_text(encoding="utf-8") for d in (base, current)]
@@ -420,9 +421,8 @@ def assert_same_checkpoint(pair: Pair, relative: str) -> None:
 def assert_same_report(pair: Pair, relative: str) -> None:
     base, current = pair.files(relative)
     assert file_listing(base) == file_listing(current), f"{relative}: the files differ"
-    report = without_default_centroids(_current_json(pair, current / "report.json"))
-    differences = json_differences(_json(base / "report.json"), report, ignore=REPORT_IGNORED, rel=REPORT_TOLERANCE,
-                                   abs_=1e-12)
+    differences = json_differences(_json(base / "report.json"), _current_json(pair, current / "report.json"),
+                                   ignore=REPORT_IGNORED, rel=REPORT_TOLERANCE, abs_=1e-12)
     assert not differences, f"{relative}/report.json:\n" + "\n".join(differences[:30])
     texts = [(d / "report.md").read_text(encoding="utf-8") for d in (base, current)]
     for digest, baseline_digest in _baseline_digests(pair.current.root).items():

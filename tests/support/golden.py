@@ -58,6 +58,7 @@ import json, os, sys, tempfile, traceback
 package_root, plan_file, results_file = sys.argv[1:4]
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
 sys.path.insert(0, package_root)
+sys.modules["lingua"] = None  # both sides identify output languages as the baseline did, by the heuristic
 import tnedit
 where = os.path.realpath(tnedit.__file__)
 if not where.startswith(os.path.realpath(package_root) + os.sep):
@@ -309,22 +310,6 @@ HEADLINE_ADDED_COLUMN = "margin"  # 0.3: parallel minus shuffled cosine, next to
 SELECTIVITY_LINE = re.compile(r"^- selectivity \(")  # 0.3: the target against the worst kept language
 MARGIN_NOTE = ("margin = parallel minus floor, the alignment specific to translations (a drop shared by all "
                "sentences leaves it unchanged); ")
-
-
-# identify --centroids: a neuron set's method records its centroid source. neurons.json writes the key only when it
-# is not the default (so default sets, digests included, are unchanged), but tnedit.json and report.json copy the
-# whole method block (dataclasses.asdict), the default included.
-DEFAULT_METHOD_CENTROIDS = ("centroids", "layer-outputs")
-
-
-def without_default_centroids(value: Any) -> Any:
-    """``value`` (a parsed tnedit.json or report.json) without the ``"centroids": "layer-outputs"`` of its method
-    blocks. Only that string value goes: report.json's per-condition ``centroids`` (heatmaps) are objects and stay."""
-    if isinstance(value, Mapping):
-        return {k: without_default_centroids(v) for k, v in value.items() if (k, v) != DEFAULT_METHOD_CENTROIDS}
-    if isinstance(value, list):
-        return [without_default_centroids(v) for v in value]
-    return value
 
 
 def _drop_cell(line: str, index: int) -> str:

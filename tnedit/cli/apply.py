@@ -127,9 +127,7 @@ def _massive_keys(neuron_set: Any, marking: dict[str, Any] | None) -> set[tuple[
 
 def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
     """The human-readable listing of `inspect`."""
-    from dataclasses import asdict
-
-    from tnedit.formats.neurons import tune_summary
+    from tnedit.formats.neurons import centroids_text, method_dict, tune_summary
 
     lines = [f"{Path(neurons_file).name}: {len(neuron_set)} neurons"]
     model, method = neuron_set.model, neuron_set.method
@@ -147,9 +145,12 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         if method.k:
             desc += f" k={method.k}"
         lines.append(desc)
-        summary = tune_summary(asdict(method))
+        summary = tune_summary(method_dict(method))
         if summary:
             lines.append(f"tune:   {summary}")
+        centroids = centroids_text(method)
+        if centroids:
+            lines.append(centroids)
     lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
     marking = _massive(neuron_set)
     massive = _massive_keys(neuron_set, marking)
@@ -177,14 +178,14 @@ def inspect_command(neurons_file, top, quiet, as_json):
     """Show a neuron set: model, method, per-layer counts and the top neurons."""
     from dataclasses import asdict
 
-    from tnedit.formats.neurons import load_neurons
+    from tnedit.formats.neurons import load_neurons, method_dict
 
     neuron_set = load_neurons(neurons_file)
     result = {
         "file": neurons_file,
         "n_neurons": len(neuron_set),
         "model": asdict(neuron_set.model) if neuron_set.model else None,
-        "method": asdict(neuron_set.method) if neuron_set.method else None,
+        "method": method_dict(neuron_set.method) if neuron_set.method else None,
         "per_layer": neuron_set.per_layer_counts(),
         "top": [asdict(n) for n in neuron_set.neurons[:top]],
     }

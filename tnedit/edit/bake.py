@@ -35,7 +35,7 @@ from tnedit.edit.spec import EditSpec, LayerEdit, check_fingerprint, check_neuro
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
 from tnedit.errors import CheckpointError
 from tnedit.formats import card
-from tnedit.formats.neurons import NeuronSet
+from tnedit.formats.neurons import NeuronSet, method_dict
 from tnedit.formats.outputs import atomic_directory, check_output_dir
 from tnedit.formats.provenance import (
     CARD_NAME,
@@ -289,7 +289,7 @@ def _provenance(
     neurons = NeuronSetRecord(
         path=neuron_source,
         sha256=neuron_set.sha256() if neuron_set else None,
-        method=asdict(neuron_set.method) if neuron_set and neuron_set.method else None,
+        method=method_dict(neuron_set.method) if neuron_set and neuron_set.method else None,
         model=asdict(neuron_set.model) if neuron_set and neuron_set.model else None,
     )
     return Provenance(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import importlib.util
 import re
 import unicodedata
 from collections import Counter
@@ -116,7 +115,11 @@ def stays_in_language(detected: str | None, lang: str) -> bool | None:
 
 
 def lingua_installed() -> bool:
-    return importlib.util.find_spec("lingua") is not None
+    try:
+        import lingua  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_detector(detector: str) -> str:

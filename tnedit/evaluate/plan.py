@@ -5,7 +5,7 @@ tokenizer, evaluation rows that overlap the identify rows)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from tnedit.evaluate.passes import Condition
 from tnedit.evaluate.settings import EvaluateSettings
 from tnedit.formats.digest import sha256_bytes, sha256_json
 from tnedit.formats.layers import format_layers, parse_layers
-from tnedit.formats.neurons import NeuronSet, own_factors_text, read_neuron_argument
+from tnedit.formats.neurons import NeuronSet, method_dict, own_factors_text, read_neuron_argument
 from tnedit.formats.provenance import NOT_A_CHECKPOINT, PROVENANCE_NAME, Provenance, read_provenance
 from tnedit.identify.controls import random_control
 from tnedit.reporting import Reporter
@@ -205,7 +205,7 @@ def _plan_hook(s: EvaluateSettings, original_path: Path, reporter: Reporter) -> 
     layers = list(method.layers) if method and method.layers else None
     if layers is not None and keep is not None:  # the control draws from the same restricted layers
         layers = [layer for layer in layers if layer in keep] or None
-    info = edit_info("hook", spec, str(s.positions), neuron_set.sha256(), asdict(method) if method else None)
+    info = edit_info("hook", spec, str(s.positions), neuron_set.sha256(), method_dict(method) if method else None)
     return Plan(Condition("edited", "hook", spec, s.positions, len(spec.neurons)), spec, layers, info)
 
 

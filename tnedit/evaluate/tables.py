@@ -119,6 +119,15 @@ def conditions(report: dict[str, Any]) -> list[str]:
     return [c for c in CONDITION_ORDER if c in present] + [c for c in present if c not in CONDITION_ORDER]
 
 
+def _detector(report: dict[str, Any]) -> str:
+    """The output-language detector a report's shares come from (reports before 0.3: the heuristic)."""
+    for condition in report["conditions"].values():
+        for share in condition.get("output_language", {}).values():
+            if share.get("detector") and not share["detector"].startswith("heuristic"):
+                return share["detector"]
+    return "script/stop words"
+
+
 def headline_table(report: dict[str, Any]) -> Table:
     langs = report["settings"]["languages"]
     en = report["settings"].get("english", "en")
@@ -150,7 +159,7 @@ def headline_table(report: dict[str, Any]) -> Table:
         "specific to translations (a drop shared by all sentences leaves it unchanged); "
         f"mKNN = mutual {knn_k(report)}-NN alignment; "
         f"KL(original ‖ condition) and top-1 agreement over all real tokens ({_kl_method_note(report)}); "
-        "stays = share of greedy continuations identified (by script/stop words) as the prompt's language."
+        f"stays = share of greedy continuations identified (by {_detector(report)}) as the prompt's language."
     )
     return Table("Headline", columns, report["headline"], note=note)
 
