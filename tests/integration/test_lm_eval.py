@@ -128,6 +128,8 @@ def test_every_condition_equals_the_harness_cli(setup, baked_report):
 def test_the_report_records_the_harness(setup, baked_report):
     import lm_eval
 
+    from tnedit.evaluate.report import card_markdown
+
     setup_block = baked_report["lm_eval_setup"]
     assert setup_block["version"] == lm_eval.__version__
     assert set(setup_block["tasks"]) == set(TASKS)
@@ -135,6 +137,8 @@ def test_the_report_records_the_harness(setup, baked_report):
     markdown = (setup[0] / "report-baked" / "report.md").read_text(encoding="utf-8")
     assert "### lm-evaluation-harness" in markdown
     assert "| tiny_rolling | word_perplexity |" in markdown
+    card = card_markdown(baked_report)
+    assert "### lm-evaluation-harness" in card and "Δ edited" in card
 
 
 def test_a_hook_on_every_position_equals_the_baked_checkpoint(setup, baked_report):

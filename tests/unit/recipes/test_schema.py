@@ -185,3 +185,22 @@ def test_overrides(tmp_path):
         load_recipe(path, ["identify.k"])
     with pytest.raises(RecipeError, match="not a valid index"):
         load_recipe(path, ["edits.3=1"])
+
+
+def test_the_mmlu_prox_recipe_is_the_papers_experiment(tmp_path):
+    """Type-1 top-1,000 of ja/ko/it at the prompt positions with a random control, each edit benchmarked on
+    its own language's MMLU-ProX (5-shot) through the harness."""
+    from tnedit.recipes.runner import RecipeRunner
+
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-mmlu-prox.yaml", [f"output={tmp_path / 'out'}"])
+    assert set(recipe.languages) == {"ja", "ko", "it"}
+    assert recipe.identify.k == 1000 and recipe.identify.type == 1 and recipe.identify.layers is None
+    assert recipe.evaluate.positions == "prompt" and recipe.evaluate.control == "random"
+    runner = RecipeRunner(recipe)
+    (tmp_path / "out" / "identify").mkdir(parents=True)
+    for edit in recipe.edits:
+        lang = edit.neurons.split(":")[0]
+        (tmp_path / "out" / "identify" / f"neurons-{lang}-type1.json").write_text("{}")  # what identify writes
+        settings = runner._evaluate_settings(edit, tmp_path / "out" / "edits" / edit.name).resolve()
+        assert settings.lm_eval == [f"mmlu_prox_{lang}"] and settings.lm_eval_fewshot == 5
+        assert settings.neurons is not None and settings.positions == "prompt"
