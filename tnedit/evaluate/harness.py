@@ -18,7 +18,9 @@ benchmark and is refused. lm-eval is imported only here and only when ``--lm-eva
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,11 @@ def _edited_model_class() -> type:
 
     class ConditionLM(HFLM):
         def __init__(self, lm: LoadedModel, condition: Condition, batch_size: int, quiet: bool):
-            # the tokenizer by path, as `--model_args pretrained=DIR` loads it: tnedit's own copy pads right
-            super().__init__(pretrained=lm.model, tokenizer=str(lm.path or lm.name_or_path), batch_size=batch_size)
+            # the tokenizer by path, as `--model_args pretrained=DIR` loads it: tnedit's own copy pads right.
+            # HFLM warns that a loaded model was passed: that is the point here, so the warning is not shown.
+            with quieter("lm_eval.models.huggingface"):
+                super().__init__(pretrained=lm.model, tokenizer=str(lm.path or lm.name_or_path),
+                                 batch_size=batch_size)
             self.loaded, self.condition, self.quiet = lm, condition, quiet
 
         def _model_call(self, inps: Any, attn_mask: Any = None, labels: Any = None) -> Any:
@@ -109,14 +114,31 @@ def _edited_model_class() -> type:
     return ConditionLM
 
 
+@contextmanager
+def quieter(name: str, enabled: bool = True) -> Iterator[None]:
+    """Only errors from logger ``name`` (and its children) for the ``with`` block."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    if enabled:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def run_harness(lm: LoadedModel, condition: Condition, plan: HarnessPlan, reporter: Reporter) -> dict[str, Any]:
-    """The harness's raw results (``simple_evaluate``'s dict, samples left out) for one condition."""
+    """The harness's raw results (``simple_evaluate``'s dict, samples left out) for one condition.
+
+    The harness's warnings (about the tasks' YAML, say) are shown unless ``--quiet``.
+    """
     from lm_eval import simple_evaluate
 
     reporter.log(f"evaluate: lm-eval {', '.join(plan.tasks)} ({condition.name})")
-    model = _edited_model_class()(lm, condition, plan.batch_size, plan.quiet)
-    results = simple_evaluate(model=model, tasks=list(plan.tasks), num_fewshot=plan.fewshot, limit=plan.limit,
-                              task_manager=_task_manager(plan.include), log_samples=False, verbosity="ERROR")
+    with quieter("lm_eval", enabled=plan.quiet):
+        model = _edited_model_class()(lm, condition, plan.batch_size, plan.quiet)
+        results = simple_evaluate(model=model, tasks=list(plan.tasks), num_fewshot=plan.fewshot, limit=plan.limit,
+                                  task_manager=_task_manager(plan.include), log_samples=False)
     if results is None:  # only ranks other than 0 get None; tnedit runs one process
         raise InputError("--lm-eval: the harness returned no results")
     return results
