@@ -1,28 +1,39 @@
 """Which language a greedy continuation is in: lingua-language-detector, or a script and stop-word heuristic.
 
-``--langid auto`` (the default) uses lingua when it is installed (``pip install 'tnedit[langid]'``),
-restricted to the languages at hand (the evaluation's English and targets), and the heuristic otherwise.
-Lingua is used only when it knows every language at hand; else the heuristic decides, and the result's
-``detector`` says which one did. Lingua is imported lazily, so this module stays cheap.
+``--langid auto`` (the default) uses lingua when it is installed (``pip install 'tnedit[langid]'``) and the
+heuristic otherwise; ``--langid lingua`` insists on lingua, ``--langid heuristic`` on the heuristic. The
+result's ``detector`` names the one that decided. Lingua is imported lazily, so this module stays cheap and
+works without it.
+
+Lingua is restricted to the languages at hand (the evaluation's English and targets, plus the language
+asked about), so it can only answer among them. Two rules complete that:
+
+- Fewer than two languages at hand: the lone language is told apart from the ten languages the heuristic
+  knows (those of the built-in corpus); a restriction to one language would call every text that language.
+- A language at hand that lingua does not know: the heuristic decides that whole call, since lingua would
+  misname every output written in it.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tnedit.errors import InputError
+
+if TYPE_CHECKING:  # settings imports click and the edit spec: too heavy for a module the CLI imports early
+    from tnedit.evaluate.settings import Detector
 
 LINGUA_DISTRIBUTION = "lingua-language-detector"
 HEURISTIC_LABEL = "heuristic (script and stop words)"
 # Lingua answers None unless its best language beats the next by this much: garbage output stays undecided
 # instead of being called the likeliest of two languages (on the built-in corpus it costs at most 1 in 360).
 LINGUA_MINIMUM_DISTANCE = 0.1
+LINGUA_CACHE_SIZE = 8
 
 _RANGES: tuple[tuple[int, int, str], ...] = (
     (0x3040, 0x30FF, "kana"),
@@ -40,6 +51,8 @@ _RANGES: tuple[tuple[int, int, str], ...] = (
 
 LATIN_LANGS = ("en", "fr", "de", "es", "it", "nl")
 SCRIPT_LANGS = {"ja": "ja", "ko": "ko", "zh": "zh", "ru": "ru"}
+# Every language identify_language can name: what a lone language at hand is told apart from under lingua.
+HEURISTIC_LANGUAGES = (*LATIN_LANGS, *SCRIPT_LANGS)
 
 STOPWORDS: dict[str, frozenset[str]] = {
     "en": frozenset("the and is are was of to in that it you i he she we they this with for not be have".split()),
@@ -117,13 +130,14 @@ def stays_in_language(detected: str | None, lang: str) -> bool | None:
 def lingua_installed() -> bool:
     try:
         import lingua  # noqa: F401
-    except ImportError:
+    except ImportError:  # also what ``sys.modules["lingua"] = None`` raises
         return False
     return True
 
 
-def resolve_detector(detector: str) -> str:
-    """``auto`` → ``lingua`` when installed, else ``heuristic``; ``lingua`` must be installed."""
+def resolve_detector(detector: Detector) -> str:
+    """The concrete detector, ``lingua`` or ``heuristic``: ``auto`` takes lingua when it is installed, and
+    ``lingua`` requested without it is an :class:`InputError` (checked before any model loads)."""
     if detector == "auto":
         return "lingua" if lingua_installed() else "heuristic"
     if detector == "lingua" and not lingua_installed():
@@ -136,26 +150,38 @@ def resolve_detector(detector: str) -> str:
 def detector_label(detector: str) -> str:
     """How a report names the detector that decided: the library and its version, or the heuristic."""
     if detector == "lingua":
+        import importlib.metadata  # costs more than the rest of this module: only when a report asks
+
         return f"{LINGUA_DISTRIBUTION} {importlib.metadata.version(LINGUA_DISTRIBUTION)}"
     return HEURISTIC_LABEL
 
 
-def lingua_languages(codes: Sequence[str]) -> tuple[str, ...] | None:
-    """The ISO 639-1 codes lingua is restricted to (with English when fewer than two), or None when
-    lingua does not know one of them."""
+@functools.cache
+def lingua_known_languages() -> frozenset[str]:
+    """The ISO 639-1 codes (lower case) of every language lingua has a model for."""
     from lingua import Language
 
-    wanted = tuple(dict.fromkeys([*codes, "en"] if len(set(codes)) < 2 else codes))
-    known = {language.iso_code_639_1.name.lower() for language in Language.all()}
-    return wanted if all(code in known for code in wanted) else None
+    return frozenset(language.iso_code_639_1.name.lower() for language in Language.all())
 
 
-@functools.lru_cache(maxsize=8)
-def _lingua_detector(codes: tuple[str, ...]) -> Any:
+def lingua_languages(codes: Sequence[str]) -> tuple[str, ...] | None:
+    """The codes lingua is restricted to, sorted (a lone language with the heuristic's ten), or None when
+    lingua does not know one of them."""
+    wanted = set(codes)
+    if len(wanted) < 2:
+        wanted |= set(HEURISTIC_LANGUAGES)
+    if not wanted <= lingua_known_languages():
+        return None
+    return tuple(sorted(wanted))
+
+
+@functools.lru_cache(maxsize=LINGUA_CACHE_SIZE)
+def lingua_detector(codes: tuple[str, ...]) -> Any:
+    """One built detector per restriction: building loads the language models, which is the slow part."""
     from lingua import IsoCode639_1, LanguageDetectorBuilder
 
-    isos = [IsoCode639_1.from_str(code) for code in codes]
-    return (LanguageDetectorBuilder.from_iso_codes_639_1(*isos)
+    iso_codes = [IsoCode639_1.from_str(code) for code in codes]
+    return (LanguageDetectorBuilder.from_iso_codes_639_1(*iso_codes)
             .with_minimum_relative_distance(LINGUA_MINIMUM_DISTANCE).build())
 
 
@@ -164,9 +190,10 @@ def lingua_identifier(codes: Sequence[str]) -> Callable[[str], str | None] | Non
     restricted = lingua_languages(codes)
     if restricted is None:
         return None
-    detector = _lingua_detector(restricted)
+    detector = lingua_detector(restricted)
 
     def identify(text: str) -> str | None:
+        # Lingua would still pick a language for digits and punctuation; the heuristic calls those undecided.
         if not script_counts(text):
             return None
         found = detector.detect_language_of(text)
@@ -175,24 +202,25 @@ def lingua_identifier(codes: Sequence[str]) -> Callable[[str], str | None] | Non
     return identify
 
 
-def output_language_share(texts: Sequence[str], lang: str, *, detector: str = "heuristic",
+def output_language_share(texts: Sequence[str], lang: str, *, detector: Detector = "auto",
                           languages: Sequence[str] = ()) -> dict[str, Any]:
     """Share of ``texts`` identified as ``lang``, among those whose language could be decided.
 
-    ``detector`` is ``auto``, ``lingua`` or ``heuristic``; lingua is restricted to ``languages``
-    (and ``lang``). The result's ``detector`` names the one that decided.
+    ``detector`` is ``auto``, ``lingua`` or ``heuristic`` (:func:`resolve_detector`); lingua is restricted to
+    ``languages`` and ``lang`` (see the module's rules). ``counts`` tallies the identified languages
+    (``none``: undecided) and ``detector`` names the detector that decided.
     """
     used = resolve_detector(detector)
     identify = lingua_identifier([*languages, lang]) if used == "lingua" else None
     if identify is None:
         used, identify = "heuristic", identify_language
-    detected = [identify(t) for t in texts]
-    verdicts = [stays_in_language(d, lang) for d in detected]
-    decided = [v for v in verdicts if v is not None]
+    detected = [identify(text) for text in texts]
+    verdicts = [stays_in_language(found, lang) for found in detected]
+    decided = [verdict for verdict in verdicts if verdict is not None]
     return {
         "share": (sum(decided) / len(decided)) if decided else None,
         "n": len(texts),
         "n_decided": len(decided),
-        "counts": dict(sorted(Counter("none" if d is None else d for d in detected).items())),
+        "counts": dict(sorted(Counter("none" if found is None else found for found in detected).items())),
         "detector": detector_label(used),
     }
