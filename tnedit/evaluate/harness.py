@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from tnedit.evaluate.passes import Condition, edited
 from tnedit.model.loading import LoadedModel
 from tnedit.reporting import Reporter
 
-HARNESS_PACKAGE = "lm_eval"
 HARNESS_DISTRIBUTION = "lm-eval"
 NOT_INSTALLED = "--lm-eval: lm-evaluation-harness is not installed (pip install 'tnedit[lmeval]')"
 # Keys of a harness result row that are not metrics.
@@ -47,6 +47,8 @@ class HarnessPlan:
     fewshot: int | None
     batch_size: int
     quiet: bool = False
+    # The harness's task index, built once by check_harness: building it reads every task YAML (~8 s).
+    task_manager: Any = field(default=None, compare=False, repr=False)
 
 
 def harness_version() -> str:
@@ -56,11 +58,13 @@ def harness_version() -> str:
 def _task_manager(include: str | None) -> Any:
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(verbosity="ERROR", include_path=include)
+    with quieter("lm_eval"):
+        return TaskManager(include_path=include)
 
 
-def check_harness(plan: HarnessPlan) -> None:
-    """Refuse, before any model loads: no harness, a missing ``--lm-eval-include``, an unknown task."""
+def check_harness(plan: HarnessPlan) -> HarnessPlan:
+    """``plan`` with its task index, or a refusal before any model loads: no harness, a missing
+    ``--lm-eval-include``, an unknown task."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -68,11 +72,13 @@ def check_harness(plan: HarnessPlan) -> None:
     if plan.include is not None and not Path(plan.include).is_dir():
         raise InputError(f"{plan.include}: no such directory (--lm-eval-include must be a folder of task YAML "
                          "files)")
-    known = set(_task_manager(plan.include).all_tasks)
+    task_manager = _task_manager(plan.include)
+    known = set(task_manager.all_tasks)
     for name in plan.tasks:
         if name not in known:
             where = f"the harness or {plan.include}" if plan.include else "the harness (add --lm-eval-include DIR)"
             raise InputError(f"--lm-eval: unknown task '{name}' (not in {where})")
+    return replace(plan, task_manager=task_manager)
 
 
 def _edited_model_class() -> type:
@@ -138,7 +144,7 @@ def run_harness(lm: LoadedModel, condition: Condition, plan: HarnessPlan, report
     with quieter("lm_eval", enabled=plan.quiet):
         model = _edited_model_class()(lm, condition, plan.batch_size, plan.quiet)
         results = simple_evaluate(model=model, tasks=list(plan.tasks), num_fewshot=plan.fewshot, limit=plan.limit,
-                                  task_manager=_task_manager(plan.include), log_samples=False)
+                                  task_manager=plan.task_manager or _task_manager(plan.include), log_samples=False)
     if results is None:  # only ranks other than 0 get None; tnedit runs one process
         raise InputError("--lm-eval: the harness returned no results")
     return results
@@ -150,14 +156,10 @@ def metrics_of(row: dict[str, Any]) -> dict[str, Any]:
     A metric reported under several filters keeps the filter in its name (``exact_match,flexible-extract``).
     """
     keys = [key for key in row if key not in ROW_FACTS and "," in key]
-    filters: dict[str, int] = {}
-    for key in keys:
-        metric = key.split(",", 1)[0]
-        filters[metric] = filters.get(metric, 0) + 1
+    filters = Counter(key.split(",", 1)[0] for key in keys)
     out = {}
     for key in keys:
-        metric = key.split(",", 1)[0]
-        value = row[key]
+        metric, value = key.split(",", 1)[0], row[key]
         out[metric if filters[metric] == 1 else key] = None if value == "N/A" else _plain(value)
     return out
 

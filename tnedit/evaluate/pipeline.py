@@ -257,8 +257,7 @@ def harness_plan(s: EvaluateSettings, reporter: Reporter) -> HarnessPlan | None:
         return None
     plan = HarnessPlan(tuple(s.lm_eval), s.lm_eval_include, s.lm_eval_limit, s.lm_eval_fewshot,
                        s.lm_eval_batch_size, quiet=not reporter.shows_bars)
-    check_harness(plan)
-    return plan
+    return check_harness(plan)
 
 
 def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = None) -> EvaluationReport:

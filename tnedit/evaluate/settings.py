@@ -22,8 +22,10 @@ Detector = Literal["auto", "lingua", "heuristic"]
 
 SHARED_LANGUAGE = "en"
 HOOK_ONLY = "--op, --factor, --top-k, --layers and --positions apply to --neurons hooks, not to a baked EDITED_DIR"
-AT_LEAST_ONE = ("batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers", "lm_eval_batch_size")
-NOT_NEGATIVE = ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens", "qa_max_new_tokens")
+AT_LEAST_ONE = ("batch_size", "gen_batch_size", "knn_k", "kl_top_k", "pca_layers", "lm_eval_batch_size",
+                "lm_eval_limit")
+NOT_NEGATIVE = ("skip", "n_qa", "n_gen", "n_langid", "qa_shots", "max_new_tokens", "qa_max_new_tokens",
+                "lm_eval_fewshot")
 
 
 @dataclass(frozen=True)
@@ -169,17 +171,14 @@ class EvaluateSettings:
         if self.positions == "last":
             raise InputError("--lm-eval: --positions last edits one token per sentence (the representation "
                              "analyses); a benchmark runs with --positions all or prompt")
-        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
-            raise InputError(f"--lm-eval-limit must be at least 1, got {self.lm_eval_limit}")
-        if self.lm_eval_fewshot is not None and self.lm_eval_fewshot < 0:
-            raise InputError(f"--lm-eval-fewshot must not be negative, got {self.lm_eval_fewshot}")
 
     def _check_counts(self) -> None:
+        """The counts' bounds; an optional count left unset (None) means the default and passes."""
         for name in AT_LEAST_ONE:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in NOT_NEGATIVE:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.n_pairs < 2:
             raise InputError("--n-pairs must be at least 2 (non-parallel pairs need a shuffle)")

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tnedit.errors import NeuronSetError
 from tnedit.formats.digest import sha256_bytes
@@ -26,7 +26,8 @@ FORMAT = "tnedit.neurons/1"
 FLOAT32_MAX = 3.4028234663852886e38  # factors are applied in float32: a larger one is already inf
 # Where a transfer set's centroids came from (``method.centroids``): the raw decoder-layer outputs, or HF's
 # output_hidden_states (the last layer's after the final norm, as the authors' code reads them).
-CENTROID_SOURCES = ("layer-outputs", "hidden-states")
+CentroidSource = Literal["layer-outputs", "hidden-states"]
+CENTROID_SOURCES: tuple[str, ...] = get_args(CentroidSource)
 DEFAULT_CENTROIDS = "layer-outputs"
 
 

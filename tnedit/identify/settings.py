@@ -17,7 +17,7 @@ import click
 
 from tnedit.errors import InputError
 from tnedit.formats.layers import parse_layers, round_half_up
-from tnedit.formats.neurons import DEFAULT_CENTROIDS
+from tnedit.formats.neurons import DEFAULT_CENTROIDS, CentroidSource
 from tnedit.identify.outputs import check_output_directory
 from tnedit.settings import setting
 
@@ -26,9 +26,6 @@ SHARED_LANGUAGE = "en"
 
 NeuronType = Literal[1, 2, "both"]
 IdentifyMethod = Literal["transfer", "lape"]
-# Where the centroids C^l come from (METHOD.md, "Centroids"): the raw decoder-layer outputs, or HF's
-# output_hidden_states entries as the authors' code reads them (the last one comes after the final norm).
-CentroidSource = Literal["layer-outputs", "hidden-states"]
 
 
 # --- parsing -------------------------------------------------------------------------------------
