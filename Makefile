@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_CPU ?= torch==2.13.0
 export TNEDIT_MODELS ?= $(CURDIR)/.cache/models
 
-.PHONY: install test models bench bench-apply bench-identify bench-langid bench-tune lint demo clean
+.PHONY: install test models bench bench-apply bench-identify bench-identify-gpus bench-distributed bench-langid bench-tune lint demo clean
 
 install: $(VENV)/.installed
 
@@ -25,13 +25,23 @@ models: install
 test: install models
 	$(PY) -m pytest -q
 
-bench: bench-apply bench-identify bench-langid
+bench: bench-apply bench-identify bench-distributed bench-langid
 
 bench-apply: install
 	$(PY) benchmarks/bench_apply.py
 
 bench-identify: install models
 	$(PY) benchmarks/bench_identify.py
+
+# identify in one process against 2 ranks of torchrun on CPU (gloo), on Gemma-3-270M: speed-up and equality.
+bench-distributed: install models
+	$(PY) benchmarks/bench_distributed.py
+
+# identify on a random Llama-3-8B-shaped model over GPUS GPUs of this machine (torchrun, NCCL), for GPU machines.
+GPUS ?= 2
+bench-identify-gpus: install
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(GPUS) benchmarks/bench_identify.py \
+		--random-llama8b --device cuda
 
 bench-langid: install
 	$(PY) benchmarks/bench_langid.py

@@ -20,8 +20,13 @@ model (hidden 4096, intermediate 14336, 32 layers, vocab 128256, bf16) from a Ll
 download; use it on a GPU. Sentences: ``--data`` (TSV), default the shared Tatoeba en–ja file when
 present, else the built-in corpus.
 
+Several GPUs: run the script under the launcher, e.g.
+``torchrun --standalone --nproc-per-node 8 benchmarks/bench_identify.py --random-llama8b --device cuda``
+(``make bench-identify-gpus GPUS=8``). Each rank takes its share of the batches, identify adds the ranks'
+sums, the plain passes run the same shares, and rank 0 prints; ``sentences_per_s`` is then of all ranks.
+
 The last line is machine-readable, e.g.
-``identify/forward=1.12 speedup_vs_reference=35.2 sentences_per_s=40.1``.
+``identify/forward=1.12 speedup_vs_reference=35.2 sentences_per_s=40.1 ranks=1``.
 """
 
 from __future__ import annotations
@@ -116,19 +121,23 @@ def load_pairs(args):
     return corpus
 
 
-def plain_passes(lm, texts_list, batch_size, device) -> float:
+def plain_passes(lm, texts_list, batch_size, device, world=None) -> float:
+    """Seconds of plain forward passes; under a launcher each rank runs its share and the slowest counts."""
     import torch
 
     from tnedit.model.batching import encode_batches
+    from tnedit.model.distributed import SINGLE
 
+    world = world or SINGLE
     base = lm.base_model()
     sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for texts in texts_list:
-            for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device):
+            for batch in encode_batches(lm.tokenizer, texts, batch_size, lm.device, only=world.owns):
                 base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     sync(device)
+    world.step_done()  # waits for every rank
     return time.perf_counter() - t0
 
 
@@ -179,12 +188,21 @@ def main() -> None:
 
     from tnedit.identify.pipeline import run_identify
     from tnedit.identify.settings import IdentifySettings, default_layers
+    from tnedit.model.distributed import join_world, leave_world
     from tnedit.model.loading import load_model, parse_dtype, pick_device
     from tnedit.reporting import NullReporter
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    world = join_world(args.device)  # under torchrun: before the model, so each rank builds it on its own GPU
+
+    def say(line: str) -> None:
+        if world.is_main:  # rank 0 reports for every rank
+            print(line)
+
     device = pick_device(args.device)
+    if device.type == "cuda" and world.is_distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
     tmp = Path(tempfile.mkdtemp(prefix="bench-identify-"))
     t_load = time.perf_counter()
     if args.random_llama8b:
@@ -197,43 +215,45 @@ def main() -> None:
     corpus = load_pairs(args)
     en, l2 = corpus.column("en"), corpus.column(args.lang)
     n = len(l2)
-    print(f"model: {lm.name_or_path} ({lm.arch.name}, {lm.num_layers} layers, hidden {lm.hidden_size}, "
+    say(f"model: {lm.name_or_path} ({lm.arch.name}, {lm.num_layers} layers, hidden {lm.hidden_size}, "
           f"intermediate {lm.intermediate_size}, {str(lm.dtype).replace('torch.', '')}) on {device}; "
           f"loaded in {t_load:.1f}s; threads {torch.get_num_threads()}")
-    print(f"data: {corpus.source}: {n} en–{args.lang} pairs; batch size {args.batch_size}")
+    say(f"data: {corpus.source}: {n} en–{args.lang} pairs; batch size {args.batch_size}")
 
     # warm-up: kernels, allocator, tokenizer caches
-    plain_passes(lm, [l2[: 2 * args.batch_size]], args.batch_size, device)
+    plain_passes(lm, [l2[: 2 * args.batch_size]], args.batch_size, device, world)
     k = min(1000, len(default_layers(1, lm.num_layers)) * lm.intermediate_size)
     settings = IdentifySettings(model=lm.name_or_path, langs=[args.lang], type=1, k=k, batch_size=args.batch_size)
     quiet = NullReporter()
     warm = corpus.slice(0, min(n, max(10, args.batch_size)))
     run_identify(settings, lm=lm, corpus=warm, reporter=quiet)
 
-    t_plain_a = plain_passes(lm, [en + l2, l2], args.batch_size, device)
+    t_plain_a = plain_passes(lm, [en + l2, l2], args.batch_size, device, world)
     sync(device)
     t0 = time.perf_counter()
     result = run_identify(settings, lm=lm, corpus=corpus, reporter=quiet)
     sync(device)
     t_identify = time.perf_counter() - t0
-    t_plain_b = plain_passes(lm, [en + l2, l2], args.batch_size, device)
+    t_plain_b = plain_passes(lm, [en + l2, l2], args.batch_size, device, world)
     t_plain = min(t_plain_a, t_plain_b)
-    print(f"plain forward passes (2N + N = {3 * n} sentences, no hooks): {t_plain:.2f}s "
+    say(f"plain forward passes (2N + N = {3 * n} sentences, no hooks): {t_plain:.2f}s "
           f"(runs: {t_plain_a:.2f}s, {t_plain_b:.2f}s)")
-    print(f"identify (centroid pass 2N + score pass N, fp64 statistics): {t_identify:.2f}s")
+    say(f"identify (centroid pass 2N + score pass N, fp64 statistics): {t_identify:.2f}s")
 
     ref_n = max(1, min(args.reference_n, n))
     t_c1, t_s1 = reference_loop(lm, en[:ref_n], l2[:ref_n], result.stats[args.lang].centroids[1], device)
     t_reference = 2 * n * t_c1 + n * t_s1
-    print(f"reference loop (batch 1, materialised R + a_i v_i), timed on {ref_n} sentences: "
+    say(f"reference loop (batch 1, materialised R + a_i v_i), timed on {ref_n} sentences: "
           f"{t_c1 * 1000:.1f} ms/centroid sentence, {t_s1 * 1000:.1f} ms/scored sentence → "
           f"{t_reference:.1f}s estimated for the full run")
     counts = result.neuron_sets[(args.lang, 1)].per_layer_counts()
-    print(f"top-{k} Type-1 per layer: {counts}")
+    say(f"top-{k} Type-1 per layer: {counts}")
     ratio = t_identify / t_plain
     speedup = t_reference / t_identify
     per_s = 3 * n / t_identify
-    print(f"identify/forward={ratio:.2f} speedup_vs_reference={speedup:.1f} sentences_per_s={per_s:.1f}")
+    say(f"identify/forward={ratio:.2f} speedup_vs_reference={speedup:.1f} sentences_per_s={per_s:.1f} "
+          f"ranks={world.size}")
+    leave_world()
 
 
 if __name__ == "__main__":

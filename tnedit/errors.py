@@ -62,3 +62,9 @@ class TuneError(TneditError):
 
 class NonFiniteEditError(InputError):
     """A scaling factor whose result does not fit the weights' dtype (it would write inf or NaN)."""
+
+
+class DistributedRunError(TneditError):
+    """A data-parallel run whose ranks could not join or lost one another (a rank died or stopped answering)."""
+
+    exit_code = 1

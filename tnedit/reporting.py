@@ -87,6 +87,13 @@ class NullReporter(Reporter):
     """No bars and no log lines; warnings still reach :mod:`warnings`."""
 
 
+class SilentReporter(NullReporter):
+    """Nothing at all: the reporter of every rank but rank 0 in a data-parallel run (rank 0 tells the user)."""
+
+    def warn(self, message: str) -> None:
+        pass
+
+
 class TqdmReporter(Reporter):
     """tqdm bars and log lines on stderr; warnings through :mod:`warnings`."""
 

@@ -626,3 +626,14 @@ def test_sigterm_subprocess_keeps_a_consistent_resume_state(models, made, tmp_pa
     for t in (1, 2):
         name = f"neurons-ja-type{t}.json"
         assert load_neurons(out / name).neurons == load_neurons(full / name).neurons
+
+
+@pytest.mark.parametrize("variable, value", [("RANK", "first"), ("RANK", "2"), ("WORLD_SIZE", "0")])
+def test_identify_under_a_broken_launcher_environment(models, made, tmp_path, capsys, monkeypatch, variable, value):
+    launcher = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for name, good in launcher.items():
+        monkeypatch.setenv(name, good)
+    monkeypatch.setenv(variable, value)
+    args = ["identify", str(models.llama), "--data", str(made.data), "--lang", "ja", "-o", str(tmp_path / "o"), *Q]
+    expect_clean_failure(f"identify: launcher {variable}={value}", args, capsys, watch=[tmp_path, models.llama],
+                         inputs=[made.data], needles=[variable if variable == "RANK" else "WORLD_SIZE", "launcher"])

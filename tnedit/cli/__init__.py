@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from tnedit.errors import TneditError  # layer 0, stdlib only: importing it keeps --help instant
+from tnedit.errors import DistributedRunError, TneditError  # layer 0, stdlib only: keeps --help instant
 
 # verb -> "module:attribute" under tnedit.cli
 VERBS: dict[str, str] = {
@@ -32,6 +32,9 @@ VERBS: dict[str, str] = {
     "push": "push:push_command",
     "run": "run:run_command",
 }
+
+# Verbs whose forward passes the ranks of torchrun / accelerate launch share; any other verb runs on rank 0 alone.
+DATA_PARALLEL_VERBS: frozenset[str] = frozenset({"identify", "evaluate"})
 
 SHORT_HELP: dict[str, str] = {
     "identify": "Rank Type-1/Type-2 transfer neurons (or LAPE, or a random control).",
@@ -142,35 +145,71 @@ def _show_python_warning(message: Any, category: Any, filename: str, lineno: int
     click.echo(f"tnedit: warning: {one_line(str(message))}", err=True)
 
 
-def main(argv: list[str] | None = None) -> Any:
+def _verb(args: list[str]) -> str | None:
+    """The verb of a command line (its first word that is not an option of the group)."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def _report_failure(exc: Exception, world: Any) -> None:
+    """One line for a failure; other ranks leave an input error, which every rank meets alike, to rank 0."""
+    if not world.is_main:
+        if isinstance(exc, TneditError) and not isinstance(exc, DistributedRunError) and exc.exit_code == 2:
+            return
+        click.echo(f"tnedit: error: rank {world.rank}: {describe_exception(exc)}", err=True)
+        return
+    click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
+
+
+def _run(args: list[str], debug: bool) -> Any:
+    """The command itself; under a launcher, a verb that is not data-parallel runs on rank 0 alone."""
     import warnings
 
     from tnedit.cli import options
+
+    verb = _verb(args)
+    if verb in VERBS and verb not in DATA_PARALLEL_VERBS and not options.run_alone(f"tnedit {verb}"):
+        return None
+    with _signals_as_interrupts(), warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_python_warning
+        return group.main(args=args, prog_name="tnedit", standalone_mode=False)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from tnedit.cli import options
     from tnedit.formats.outputs import COMPLETED
+    from tnedit.model.distributed import launched_world, leave_world
 
     args = list(argv) if argv is not None else sys.argv[1:]
     options.ARGV = args
     COMPLETED.clear()
     debug = "--debug" in args or bool(os.environ.get("TNEDIT_DEBUG"))
     try:
-        with _signals_as_interrupts(), warnings.catch_warnings():
-            if not debug:
-                warnings.showwarning = _show_python_warning
-            return group.main(args=args, prog_name="tnedit", standalone_mode=False)
+        world = launched_world()
+    except TneditError as exc:
+        click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    try:
+        return _run(args, debug)
     except click.exceptions.Abort as exc:  # click wraps KeyboardInterrupt (and so SignalExit) in Abort
         cause = exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else KeyboardInterrupt()
-        click.echo(_interrupted_message(cause), err=True)
+        if world.is_main:
+            click.echo(_interrupted_message(cause), err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        click.echo(_interrupted_message(exc), err=True)
+        if world.is_main:
+            click.echo(_interrupted_message(exc), err=True)
         sys.exit(130)
     except Exception as exc:  # the one guard: any failure a user can trigger is one line and exit 2
         if debug:
             raise
-        click.echo(f"tnedit: error: {describe_exception(exc)}", err=True)
+        _report_failure(exc, world)
         sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, click.ClickException | TneditError) else 2)
+    finally:
+        if "torch.distributed" in sys.modules:
+            leave_world()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import click
 
 from tnedit.cli.options import emit, json_option, quiet_option, reporter_for, settings_from_options, settings_options
 from tnedit.evaluate.settings import EvaluateSettings
+from tnedit.model.distributed import launched_world
 
 # The settings' options after -o, in the order --help lists them.
 OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "data", "skip", "n_pairs", "qa", "n_qa",
@@ -63,6 +64,8 @@ def evaluate_command(original: str, edited: str | None, out: str, overwrite: boo
     if card_dir:
         check_card_dir(card_dir, original)
     report = run_evaluation(settings, reporter=reporter_for(quiet))
+    if not launched_world().is_main:  # every rank has the report; rank 0 alone writes it
+        return
     path = write_report(report, out, overwrite=overwrite)
     card = str(update_card(report, card_dir, report_dir=path)) if card_dir else None
     result = {"out": str(path), "headline": report.data["headline"], "runtime_s": report.data["runtime"]["total_s"],

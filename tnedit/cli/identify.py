@@ -11,7 +11,15 @@ from typing import Any
 
 import click
 
-from tnedit.cli.options import emit, json_option, quiet_option, reporter_for, settings_from_options, settings_options
+from tnedit.cli.options import (
+    emit,
+    json_option,
+    quiet_option,
+    reporter_for,
+    run_alone,
+    settings_from_options,
+    settings_options,
+)
 from tnedit.identify.outputs import default_output_dir, read_neurons
 from tnedit.identify.settings import IdentifySettings, SelectSettings, lape_settings
 
@@ -68,7 +76,8 @@ def identify_command(ctx: click.Context, model: str, quiet: bool, as_json: bool,
     """
     settings = settings_from_options(IdentifySettings, params, model=model)
     if settings.control == "random":
-        _random_control(settings, quiet, as_json)
+        if run_alone("tnedit identify --control random"):
+            _random_control(settings, quiet, as_json)
         return
     _refuse_unused(ctx, CONTROL_ONLY, "is only used with --control random")
     out_dir = Path(settings.output) if settings.output else default_output_dir(model)

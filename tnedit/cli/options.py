@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tnedit.model.distributed import launched_world, release_launcher
 from tnedit.reporting import ProgressBar, TqdmReporter
 from tnedit.settings import SettingField, check_choice, setting_fields
 
@@ -37,6 +38,19 @@ quiet_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON result on stdout.")
 
 
+def run_alone(what: str) -> bool:
+    """Under a launcher, let rank 0 run a command that is not data-parallel by itself: False on the other
+    ranks (they exit); on rank 0 the launcher's variables are dropped, so what runs below is one process."""
+    world = launched_world()
+    if not world.is_distributed:
+        return True
+    if not world.is_main:
+        return False
+    warn(f"{what} is not data-parallel: rank 0 runs it alone and the other {world.size - 1} rank(s) exit")
+    release_launcher()
+    return True
+
+
 # The arguments of the running invocation; main() sets it so in-process calls record theirs.
 ARGV: list[str] | None = None
 
@@ -47,6 +61,9 @@ def command_line() -> str:
 
 
 def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+    """The verb's result on stdout; rank 0 alone prints it in a data-parallel run."""
+    if not launched_world().is_main:
+        return
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:

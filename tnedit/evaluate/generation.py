@@ -19,6 +19,7 @@ from tnedit.evaluate.settings import GenerationSettings
 from tnedit.formats.neurons import NeuronSet
 from tnedit.model.batching import encode_batches, num_batches
 from tnedit.model.capture import LastTokenCapture
+from tnedit.model.distributed import SINGLE, World
 from tnedit.model.loading import LoadedModel, resolve_max_length
 from tnedit.reporting import Reporter, resolve_reporter
 
@@ -84,8 +85,12 @@ def generate(
     *,
     desc: str = "generate",
     reporter: Reporter | None = None,
+    world: World = SINGLE,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` under ``cond`` (left-padded batches, edits per cond)."""
+    """Greedy continuations of ``prompts`` under ``cond`` (left-padded batches, edits per cond).
+
+    Under a launcher the ranks of ``world`` share the batches, built as in one process, and every rank
+    returns every continuation."""
     if not prompts or max_new_tokens == 0:
         return ["" for _ in prompts]
     context = resolve_max_length(lm, None)
@@ -97,19 +102,22 @@ def generate(
     config = _generation_config(lm, max_new_tokens)
     kwargs: dict[str, Any] = {}
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out = [""] * len(prompts)
-    with resolve_reporter(reporter).progress(num_batches(len(order), batch_size), desc) as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device, context - max_new_tokens)
-            if stop_at_newline:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_LineDone(tok, ids.shape[1])])
-            with edited(lm, cond, mask), torch.inference_mode():
-                gen = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
-            for r, i in enumerate(rows):
-                out[i] = tok.decode(gen[r, ids.shape[1] :], skip_special_tokens=True)
-            bar.update(1)
-    return out
+    mine: dict[int, str] = {}
+    total = num_batches(len(order), batch_size)
+    with resolve_reporter(reporter).progress(total, desc) as bar:
+        for step, index in world.shared_steps(total):
+            if index is not None:
+                rows = order[index * batch_size : (index + 1) * batch_size]
+                ids, mask = _left_padded(tok, [prompts[i] for i in rows], lm.device, context - max_new_tokens)
+                if stop_at_newline:
+                    kwargs["stopping_criteria"] = StoppingCriteriaList([_LineDone(tok, ids.shape[1])])
+                with edited(lm, cond, mask), torch.inference_mode():
+                    gen = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
+                mine.update({i: tok.decode(gen[r, ids.shape[1] :], skip_special_tokens=True)
+                             for r, i in enumerate(rows)})
+            bar.update(world.step_batches(step, total))
+    outputs = {i: text for rank_outputs in world.all_gather(mine) for i, text in rank_outputs.items()}
+    return [outputs[i] for i in range(len(prompts))]
 
 
 def qa_prompt(lang: str, shots: Sequence[Any], question: str) -> str:
@@ -126,6 +134,7 @@ def run_generation(
     generation: GenerationSettings,
     *,
     reporter: Reporter | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Continuations (samples + output-language share) and QA, each one batched generate call:
     on CPU a decoding step costs about one read of the LM head whatever the batch size."""
@@ -134,7 +143,7 @@ def run_generation(
     n_prompts = max(g.n_gen, g.n_langid)
     prompts = [(lang, p) for lang, sentences in texts.items() for p in sentences[:n_prompts]]
     outputs = generate(lm, cond, [p for _, p in prompts], g.max_new_tokens, g.gen_batch_size,
-                       desc=f"generate ({cond.name})", reporter=reporter)
+                       desc=f"generate ({cond.name})", reporter=reporter, world=world)
     for lang in texts:
         mine = [(p, o) for (lg, p), o in zip(prompts, outputs, strict=True) if lg == lang]
         out["generations"][lang] = [{"prompt": p, "output": o} for p, o in mine[: g.n_gen]]
@@ -144,7 +153,7 @@ def run_generation(
         (lang, it, qa_prompt(lang, shots, it.question)) for lang, (shots, items) in qa_sets.items() for it in items
     ]
     raw = generate(lm, cond, [p for _, _, p in qa_rows], g.qa_max_new_tokens, g.gen_batch_size,
-                   stop_at_newline=True, desc=f"QA ({cond.name})", reporter=reporter)
+                   stop_at_newline=True, desc=f"QA ({cond.name})", reporter=reporter, world=world)
     for lang in qa_sets:
         out["qa"][lang] = _qa_result([(it, text) for (lg, it, _), text in zip(qa_rows, raw, strict=True) if lg == lang],
                                      lang)

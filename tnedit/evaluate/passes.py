@@ -29,8 +29,9 @@ from tnedit.evaluate.metrics import (
     top1_from_topk,
     topk_logprobs,
 )
-from tnedit.model.batching import Batch, encode_batches
+from tnedit.model.batching import Batch, encode_batches, num_batches
 from tnedit.model.capture import LastTokenCapture
+from tnedit.model.distributed import SINGLE, World
 from tnedit.model.head import RealPositionsHead, real_rows
 from tnedit.model.hooks import HookSet
 from tnedit.model.loading import LoadedModel, resolve_max_length
@@ -61,6 +62,22 @@ class Accumulator:
         self.top1: dict[str, int] = defaultdict(int)
         self.n_positions: dict[str, int] = defaultdict(int)
         self.kl_method: str | None = None
+
+    def add_up(self, world: World) -> None:
+        """Every rank's results added (each sentence's states were filled in by one rank, zeros elsewhere)."""
+        if not world.is_distributed:
+            return
+        sums: dict[str, Any] = {f"h/{lang}": torch.from_numpy(h) for lang, h in sorted(self.h.items())}
+        for name in ("nll", "n_tokens", "kl", "top1", "n_positions"):
+            values = getattr(self, name)
+            dtype = torch.float64 if name in ("nll", "kl") else torch.int64
+            sums.update({f"{name}/{lang}": torch.tensor([values[lang]], dtype=dtype) for lang in self.sizes})
+        added = world.all_reduce(sums)
+        for lang in self.h:
+            self.h[lang] = added[f"h/{lang}"].numpy()
+        for name in ("nll", "n_tokens", "kl", "top1", "n_positions"):
+            getattr(self, name).update({lang: added[f"{name}/{lang}"].item() for lang in self.sizes})
+        self.kl_method = world.broadcast(self.kl_method)  # rank 0 runs the first batch, so it has one
 
     def add_states(self, lang: str, rows: list[int], h: dict[int, Any]) -> None:
         if lang not in self.h:
@@ -111,12 +128,14 @@ def forward(
     cache: LogprobCache | None = None,
     reference: LogprobCache | None = None,
     reporter: Reporter | None = None,
+    world: World = SINGLE,
 ) -> None:
     """Each batch once per condition: last-token states, NLL, and KL/top-1 against the original.
 
     The original's log-probabilities of a batch live only until the batch's other conditions are
     done (exact KL). With ``cache`` they are also kept as top-``kl_top_k`` rows for a later model;
-    with ``reference`` KL is computed against such a cache.
+    with ``reference`` KL is computed against such a cache. Under a launcher the ranks of ``world``
+    share the batches (each keeps the cache of its own) and add up the conditions' results at the end.
     """
     reporter = resolve_reporter(reporter)
     max_length = resolve_max_length(lm, None)  # a sentence past the context would index past the positions
@@ -125,13 +144,18 @@ def forward(
         head = RealPositionsHead(lm, hooks)
         run = _Pass(lm, capture, conds, accs, kl_top_k, cache, reference)
         for lang, sentences in texts.items():
-            batches = list(encode_batches(lm.tokenizer, sentences, batch_size, lm.device, max_length))
-            with reporter.progress(len(batches), f"evaluate {lang} ({names})") as bar:
-                for index, batch in enumerate(batches):
-                    head.mask = batch.attention_mask.bool()
-                    _run_batch(run, lang, index, batch)
-                    bar.update(1)
+            total = num_batches(len(sentences), batch_size)
+            batches = encode_batches(lm.tokenizer, sentences, batch_size, lm.device, max_length, only=world.owns)
+            with reporter.progress(total, f"evaluate {lang} ({names})") as bar:
+                for step, index in world.shared_steps(total):
+                    if index is not None:
+                        batch = next(batches)
+                        head.mask = batch.attention_mask.bool()
+                        _run_batch(run, lang, index, batch)
+                    bar.update(world.step_batches(step, total))
             head.mask = None
+    for cond in conds:
+        accs[cond.name].add_up(world)
 
 
 def _run_batch(run: _Pass, lang: str, index: int, batch: Batch) -> None:

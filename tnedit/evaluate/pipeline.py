@@ -43,6 +43,7 @@ from tnedit.evaluate.summary import headline_rows, selectivity_rows, summarise_c
 from tnedit.formats.digest import sha256_texts
 from tnedit.formats.outputs import atomic_directory, check_output_dir, require_writable, write_json
 from tnedit.formats.report import REPORT_FORMAT, REPORT_MARKDOWN_NAME, REPORT_NAME, check_report
+from tnedit.model.distributed import SINGLE, World, join_world, rank_reporter
 from tnedit.model.loading import LoadedModel, load_model
 from tnedit.qa import QAItem, load_qa
 from tnedit.reporting import ProgressBar, Reporter, resolve_reporter
@@ -149,6 +150,7 @@ class _Inputs:
     timer: _Timer
     reporter: Reporter
     harness: HarnessPlan | None = None
+    world: World = SINGLE
 
 
 @dataclass
@@ -186,11 +188,12 @@ def _run_original(run: _Inputs, original_path: Path) -> tuple[_Runs, LogprobCach
     cache: LogprobCache | None = {} if plan.edited.kind == "baked" else None
     with run.timer.stage("forward_s"):
         forward(lm, run.texts, first_pass, accs, batch_size=s.batch_size, kl_top_k=s.kl_top_k, cache=cache,
-                reporter=run.reporter)
+                reporter=run.reporter, world=run.world)
     gens: dict[str, Any] = {}
     for cond in first_pass:
         with run.timer.stage("generate_s", f"generation and QA: {cond.name}"):
-            gens[cond.name] = run_generation(lm, cond, run.texts, run.qa_sets, s.generation, reporter=run.reporter)
+            gens[cond.name] = run_generation(lm, cond, run.texts, run.qa_sets, s.generation, reporter=run.reporter,
+                                             world=run.world)
     original_info = {**asdict(lm.model_info()), "path": str(original_path), "dtype": str(lm.dtype),
                      "tokenizer": lm.tokenizer_facts()}
     runs = _Runs(conds, accs, gens, n_layers, control_info, original_info, str(lm.device))
@@ -214,10 +217,10 @@ def _run_baked(run: _Inputs, runs: _Runs, cache: LogprobCache | None) -> None:
         raise InputError(f"EDITED has {len(lm.layers)} layers, ORIGINAL {runs.n_layers}")
     with run.timer.stage("forward_s"):
         forward(lm, run.texts, [plan.edited], runs.accs, batch_size=s.batch_size, kl_top_k=s.kl_top_k,
-                reference=cache, reporter=run.reporter)
+                reference=cache, reporter=run.reporter, world=run.world)
     with run.timer.stage("generate_s", "generation and QA: edited"):
         runs.gens["edited"] = run_generation(lm, plan.edited, run.texts, run.qa_sets, s.generation,
-                                             reporter=run.reporter)
+                                             reporter=run.reporter, world=run.world)
     _run_harness(run, runs, lm, plan.edited)
     runs.edited_info = {"name_or_path": str(s.edited), "fingerprint": lm.fingerprint(), "dtype": str(lm.dtype),
                         "tokenizer_check": plan.tokenizer_check}
@@ -266,9 +269,13 @@ def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = No
     Hook edits: one model; each batch runs original, edited and control back to back. Baked
     EDITED_DIR: the original (and the control, a hook on it) first, then the edited model, loaded
     after the original is freed; KL uses the original's cached top-``kl_top_k`` log-probs.
+
+    Under a launcher the ranks share the forward passes and the generations, and every rank returns the
+    same report; lm-evaluation-harness runs whole on every rank (it is not sharded), so no rank waits.
     """
     started = time.perf_counter()
-    log = _WarningLog(resolve_reporter(reporter))
+    world = join_world(settings.device)
+    log = _WarningLog(rank_reporter(world, resolve_reporter(reporter)))
     s = settings.resolve()
     s = replace(s, langid=resolve_detector(s.langid))
     harness = harness_plan(s, log)
@@ -281,7 +288,7 @@ def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = No
     overlap = overlap_warning(plan, data_info, functools.partial(count_rows, s), skip=s.skip, n_pairs=s.n_pairs)
     if overlap:
         log.warn(overlap)
-    run = _Inputs(s, plan, texts, qa_sets, _Timer(log), log, harness)
+    run = _Inputs(s, plan, texts, qa_sets, _Timer(log), log, harness, world)
     runs, cache = _run_original(run, original_path)
     _collect()  # the original is freed before a baked EDITED_DIR loads
     if plan.edited.kind == "baked":
@@ -290,7 +297,8 @@ def run_evaluation(settings: EvaluateSettings, *, reporter: Reporter | None = No
         _collect()
     data = _report_data(run, runs, data_info, log.warnings)
     run.timer.seconds["total_s"] = time.perf_counter() - started
-    data["runtime"] = {**{k: round(v, 2) for k, v in run.timer.seconds.items()}, "device": runs.device}
+    data["runtime"] = {**{k: round(v, 2) for k, v in run.timer.seconds.items()}, "device": runs.device,
+                       **({"ranks": world.size} if world.is_distributed else {})}
     return EvaluationReport(data, log.warnings)
 
 

@@ -25,6 +25,7 @@ from tnedit.identify.outputs import check_output_directory, save_neuron_set
 from tnedit.identify.plan import Corpus
 from tnedit.identify.settings import LapeSettings
 from tnedit.model.batching import encode_batches, encode_texts, num_batches
+from tnedit.model.distributed import SINGLE, World, join_world, rank_reporter
 from tnedit.model.hooks import HookSet
 from tnedit.model.loading import LoadedModel, dtype_name, load_model, resolve_max_length, stat_device
 from tnedit.reporting import NullReporter, Reporter, resolve_reporter
@@ -79,21 +80,28 @@ class ActivationCounts:
 
 
 def _count_language(lm: LoadedModel, rows: Sequence[str], layers: list[int], max_length: int, batch_size: int,
-                    special: torch.Tensor, desc: str, reporter: Reporter) -> tuple[ActivationCounter, int, int]:
-    """(counter, tokens counted, sentences truncated) of one language's sentences."""
+                    special: torch.Tensor, desc: str, reporter: Reporter,
+                    world: World = SINGLE) -> tuple[dict[int, torch.Tensor], int, int]:
+    """(counts per layer, tokens counted, sentences truncated) of one language's sentences, every rank's added."""
     encoded = encode_texts(lm.tokenizer, rows, max_length)
     counter = ActivationCounter(lm, layers)
     n_tokens = 0
-    with reporter.progress(num_batches(len(rows), batch_size), desc) as bar, counter, torch.inference_mode():
-        for batch in encode_batches(lm.tokenizer, encoded, batch_size, lm.device):
-            valid = batch.attention_mask.bool()
-            if special.numel():
-                valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
-            counter.valid = valid
-            n_tokens += int(valid.sum().item())
-            lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            bar.update(1)
-    return counter, n_tokens, encoded.n_truncated
+    total = num_batches(len(rows), batch_size)
+    batches = encode_batches(lm.tokenizer, encoded, batch_size, lm.device, only=world.owns)
+    with reporter.progress(total, desc) as bar, counter, torch.inference_mode():
+        for step, index in world.shared_steps(total):
+            if index is not None:
+                batch = next(batches)
+                valid = batch.attention_mask.bool()
+                if special.numel():
+                    valid &= ~torch.isin(batch.input_ids, special.to(batch.input_ids.device))
+                counter.valid = valid
+                n_tokens += int(valid.sum().item())
+                lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            bar.update(world.step_batches(step, total))
+    sums = world.all_reduce({**{str(layer): counter.counts[layer] for layer in layers},
+                             "tokens": torch.tensor([n_tokens], dtype=torch.int64)})
+    return {layer: sums[str(layer)] for layer in layers}, int(sums["tokens"].item()), encoded.n_truncated
 
 
 def activation_probabilities(
@@ -105,6 +113,7 @@ def activation_probabilities(
     max_length: int | None = None,
     exclude_special: bool = True,
     reporter: Reporter | None = None,
+    world: World = SINGLE,
 ) -> ActivationCounts:
     """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
 
@@ -113,6 +122,7 @@ def activation_probabilities(
     with ``exclude_special``, special tokens (BOS) are not counted. Sentences are cut to
     ``max_length`` tokens (default: the model's context, capped; see
     :func:`tnedit.model.loading.resolve_max_length`). No progress bar unless a ``reporter`` is given.
+    Under a launcher the ranks of ``world`` share the batches and add their counts.
     """
     reporter = reporter or NullReporter()
     layers = list(range(lm.num_layers)) if layers is None else list(layers)
@@ -121,13 +131,13 @@ def activation_probabilities(
     special = torch.tensor(special_ids, dtype=torch.long)
     counts = ActivationCounts(np.zeros((len(layers), lm.intermediate_size, len(texts))), {}, {}, max_length)
     for j, (lang, rows) in enumerate(texts.items()):
-        counter, n_tokens, truncated = _count_language(lm, rows, layers, max_length, batch_size, special,
-                                                       f"{lang}:lape", reporter)
+        layer_counts, n_tokens, truncated = _count_language(lm, rows, layers, max_length, batch_size, special,
+                                                            f"{lang}:lape", reporter, world)
         counts.truncated[lang] = truncated
         if n_tokens == 0:
             raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
         counts.tokens[lang] = n_tokens
-        counts.probs[:, :, j] = torch.stack([counter.counts[layer].cpu() for layer in layers]).numpy() / n_tokens
+        counts.probs[:, :, j] = torch.stack([layer_counts[layer].cpu() for layer in layers]).numpy() / n_tokens
     return counts
 
 
@@ -202,10 +212,11 @@ def run_lape(
     """LAPE language-specific neurons, one neuron set per language (method kind "lape").
 
     Writes ``neurons-<lang>-lape.json`` under ``settings.output`` (each atomically, once every
-    language is measured) when it is set.
+    language is measured) when it is set. Under a launcher the ranks share the batches; rank 0 alone writes.
     """
-    reporter = resolve_reporter(reporter)
     settings.check()
+    world = join_world(settings.device, settings.device_map)
+    reporter = rank_reporter(world, resolve_reporter(reporter))
     languages = settings.languages()
     out_dir = Path(settings.output) if settings.output is not None else None
     from_data = corpus is None
@@ -222,7 +233,7 @@ def run_lape(
     layers = parse_layers(settings.layers, lm.num_layers) or list(range(lm.num_layers))
     texts = {lang: list(corpus.column(lang)) for lang in languages}
     counts = activation_probabilities(lm, texts, layers, batch_size=settings.batch_size, max_length=max_length,
-                                      reporter=reporter)
+                                      reporter=reporter, world=world)
     if any(counts.truncated.values()):
         cut = ", ".join(f"{lang}:lape {n}" for lang, n in counts.truncated.items() if n)
         reporter.warn(f"sentences longer than {max_length} tokens were truncated ({cut})")
@@ -232,7 +243,7 @@ def run_lape(
     sets = {lang: NeuronSet(neurons=selection.neurons[lang], model=info,
                             method=_lape_method(settings, lm, corpus, layers, selection, counts, lang))
             for lang in languages}
-    if out_dir is not None:
+    if out_dir is not None and world.is_main:
         for lang, neurons in sets.items():
             save_neuron_set(neurons, lape_path(out_dir, lang))
     return sets

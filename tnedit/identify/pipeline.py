@@ -29,6 +29,7 @@ from tnedit.identify.resume import BatchCallback, Runner, open_resume_store
 from tnedit.identify.selection import select_from_scores
 from tnedit.identify.settings import SHARED_LANGUAGE, IdentifySettings
 from tnedit.identify.stats import eta_squared_from_sums
+from tnedit.model.distributed import World, join_world, rank_reporter
 from tnedit.model.loading import LoadedModel, dtype_name
 from tnedit.reporting import Reporter, resolve_reporter
 from tnedit.versions import __version__
@@ -144,10 +145,14 @@ class Measurements:
         return eta_squared_from_sums(stack(l2.a), stack(l2.a2), l2.n, stack(en.a), stack(en.a2), en.n)
 
 
-def _resume_key(plan: IdentifyPlan) -> dict[str, Any]:
-    """What a resume state must have been made with: a state of other settings is refused."""
+def _resume_key(plan: IdentifyPlan, world: World) -> dict[str, Any]:
+    """What a resume state must have been made with: a state of other settings is refused.
+
+    A data-parallel state holds each rank's partial sums, so it resumes with as many ranks only.
+    """
     settings, lm = plan.settings, plan.lm
-    return {
+    ranks = {"world_size": world.size} if world.is_distributed else {}
+    return {**ranks,
         "model": lm.name_or_path,
         "model_fingerprint": lm.fingerprint(),
         "data_sha256": plan.corpus.sha256,
@@ -188,12 +193,11 @@ def _method_base(plan: IdentifyPlan, stats: LanguageStats, truncated: dict[str, 
 
 
 def _select_and_write(result: IdentifyResult, plan: IdentifyPlan, stats: LanguageStats, method: dict[str, Any],
-                      reporter: Reporter) -> None:
-    """Rank one language's neurons for every requested type; write its scores file and neuron sets."""
+                      reporter: Reporter, out_dir: Path | None) -> None:
+    """Rank one language's neurons for every requested type; write its scores file and neuron sets to ``out_dir``."""
     file_layers = {t: plan.file_layers[t] for t in stats.scores}
     scores = ScoresFile(stats.language, stats.scores, stats.eta2, result.model, file_layers, method, stats.n_en,
                         stats.n_l2, mean_abs_activation=stats.mean_abs_activation)
-    out_dir = plan.out_dir
     if out_dir is not None:
         scores.path = save_scores_file(scores, out_dir / f"scores-{stats.language}.safetensors")
         result.files.append(scores.path)
@@ -224,14 +228,18 @@ def run_identify(
     ``settings.output`` when it is set, each file atomically, and only once every pass is done.
     Sentences are cut to ``settings.max_length`` tokens (default: the model's context length, at most
     :data:`tnedit.model.loading.MAX_LENGTH_CAP`); ``result.truncated`` counts them per pass.
+
+    Under ``torchrun``/``accelerate launch`` the ranks share the batches (:mod:`tnedit.model.distributed`):
+    every rank returns the same result, and rank 0 alone writes the files and shows progress.
     """
-    reporter = resolve_reporter(reporter)
     started = time.perf_counter()
+    world = join_world(settings.device, settings.device_map)
+    reporter = rank_reporter(world, resolve_reporter(reporter))
     plan = resolve_plan(settings, lm=lm, corpus=corpus)
-    store = open_resume_store(plan.out_dir, _resume_key(plan), checkpoint_every=settings.checkpoint_every,
-                              resume=settings.resume, reporter=reporter)
+    store = open_resume_store(plan.out_dir, _resume_key(plan, world), checkpoint_every=settings.checkpoint_every,
+                              resume=settings.resume, reporter=reporter, world=world)
     runner = Runner(plan.lm, batch_size=settings.batch_size, max_length=plan.max_length, store=store,
-                    checkpoint_every=settings.checkpoint_every, on_batch=on_batch, reporter=reporter)
+                    checkpoint_every=settings.checkpoint_every, on_batch=on_batch, reporter=reporter, world=world)
     with_en = 1 in plan.types or settings.eta2 or settings.exclude_massive > 0
     measured = Measurements(plan.lm, runner, with_en=with_en, eta2=settings.eta2, centroids=settings.centroids)
     stats = {language: measured.language(language, *_pairs(plan.corpus, language)) for language in plan.languages}
@@ -242,7 +250,7 @@ def run_identify(
                             batches=runner.batches, max_length=plan.max_length, truncated=dict(measured.truncated))
     for language_stats in stats.values():
         method = json.loads(json.dumps(_method_base(plan, language_stats, measured.truncated)))
-        _select_and_write(result, plan, language_stats, method, reporter)
+        _select_and_write(result, plan, language_stats, method, reporter, plan.out_dir if world.is_main else None)
     if store is not None:
         store.remove()
     result.seconds = time.perf_counter() - started

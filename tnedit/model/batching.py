@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +51,13 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None = 
 
 
 def _batches(
-    encoded: Sequence[Sequence[int]], batch_size: int, device: torch.device | str, pad: int
+    encoded: Sequence[Sequence[int]], batch_size: int, device: torch.device | str, pad: int,
+    only: Callable[[int], bool] | None = None,
 ) -> Iterator[Batch]:
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    for start in range(0, len(order), batch_size):
+    for index, start in enumerate(range(0, len(order), batch_size)):
+        if only is not None and not only(index):
+            continue
         rows = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -71,17 +74,19 @@ def encode_batches(
     batch_size: int,
     device: torch.device | str = "cpu",
     max_length: int | None = None,
+    only: Callable[[int], bool] | None = None,
 ) -> Iterator[Batch]:
     """Right-padded batches of ``texts`` (or of already :func:`encode_texts`-ed ones), grouped by length.
 
     Rows come back in length order; ``Batch.rows`` maps them to the caller's indices. Statistics
-    are sums, so order does not change them beyond fp64 rounding.
+    are sums, so order does not change them beyond fp64 rounding. ``only(batch index)`` keeps some of
+    the batches (a rank's share, :meth:`tnedit.model.distributed.World.owns`); the others are not built.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     encoded = texts if isinstance(texts, EncodedTexts) else encode_texts(tokenizer, texts, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return _batches(encoded.ids, batch_size, device, pad)
+    return _batches(encoded.ids, batch_size, device, pad, only)
 
 
 def gather_last(x: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from tnedit.architectures import (
 from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
 from tnedit.formats.neurons import ModelInfo, fingerprint
+from tnedit.model.distributed import current_world, device_map_memory
 
 DTYPES = {
     "float32": torch.float32,
@@ -158,6 +159,7 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map
+        kwargs.update(device_map_memory(current_world()))  # under a launcher: this rank's GPUs only
     target = None if device_map else pick_device(device)  # refuse a missing device before loading weights
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     if target is not None:
