@@ -119,21 +119,22 @@ def test_evaluate_under_launcher_equals_one_process(model, tmp_path, capsys):
     edited = tmp_path / "edited"
     assert run_cli(["apply", str(model), str(neurons / "neurons-ja-type1.json"), "-o", str(edited), "--quiet"],
                    capsys)[0] == 0
-    # A baked edit (KL against each rank's cached top-k) and a hook control; 30 pairs in batches of 8 are uneven.
+    # A baked edit (KL against each rank's cached top-k) and a hook control; 30 pairs in batches of 16 are 2
+    # batches per language, so the third rank runs none of them (nor any of the 2 QA batches).
     args = ["evaluate", str(model), str(edited), "--lang", "ja", "--data", str(DATA), "--skip", "60", "--n-pairs",
-            "30", "--batch-size", "8", "--control", "random", "--n-gen", "3", "--n-langid", "5", "--gen-batch-size",
+            "30", "--batch-size", "16", "--control", "random", "--n-gen", "3", "--n-langid", "5", "--gen-batch-size",
             "2", "--max-new-tokens", "4", "--n-qa", "3", "--qa-shots", "1", "--qa-max-new-tokens", "3",
             "--kl-top-k", "16", "--quiet"]
     code, _, err = run_cli([*args, "-o", str(tmp_path / "one")], capsys)
     assert code == 0, err
-    procs = start_ranks([*args, "-o", str(tmp_path / "two")], 2, tmp_path)
+    procs = start_ranks([*args, "-o", str(tmp_path / "three")], 3, tmp_path)
     for proc in procs:
         assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
-    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
-    assert two["runtime"]["ranks"] == 2
+    one, three = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "three"))
+    assert three["runtime"]["ranks"] == 3
     for key in ("runtime", "created"):
-        one.pop(key), two.pop(key)
-    assert differences(one, two) == []
+        one.pop(key), three.pop(key)
+    assert differences(one, three) == []
     assert one["conditions"]["edited"]["generations"], "the comparison must cover generations"
 
 

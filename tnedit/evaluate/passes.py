@@ -67,6 +67,10 @@ class Accumulator:
         """Every rank's results added (each sentence's states were filled in by one rank, zeros elsewhere)."""
         if not world.is_distributed:
             return
+        shapes = {lang: shape for ranks in world.all_gather({k: v.shape for k, v in self.h.items()})
+                  for lang, shape in ranks.items()}
+        for lang, shape in shapes.items():  # a rank that ran no batch of a language adds zeros
+            self.h.setdefault(lang, np.zeros(shape, dtype=np.float32))
         sums: dict[str, Any] = {f"h/{lang}": torch.from_numpy(h) for lang, h in sorted(self.h.items())}
         for name in ("nll", "n_tokens", "kl", "top1", "n_positions"):
             values = getattr(self, name)

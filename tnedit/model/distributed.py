@@ -94,8 +94,8 @@ class World:
         if self.is_distributed:
             import torch
 
-            _collective("all_reduce", lambda: _dist().all_reduce(torch.zeros(1, dtype=torch.int64,
-                                                                              device=_collective_device())), self)
+            tick = torch.zeros(1, dtype=torch.int64, device=_step_device())
+            _collective("all_reduce", lambda: _dist().all_reduce(tick), self)
 
     def all_reduce(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
         """The element-wise sums over the ranks of ``tensors`` (name -> tensor), returned on the CPU.
@@ -233,6 +233,14 @@ def _collective_device() -> Any:
     if "nccl" in backend and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _step_device() -> Any:
+    """Where steps are confirmed: the CPU whenever gloo is in the group, because a gloo collective blocks
+    until every rank answers and fails at once when one has died, where NCCL's would only be enqueued."""
+    import torch
+
+    return torch.device("cpu") if "gloo" in str(_dist().get_backend()) else _collective_device()
 
 
 def _first_line(exc: BaseException) -> str:
