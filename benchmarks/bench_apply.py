@@ -53,7 +53,7 @@ def tensor_shapes(s: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def build_checkpoint(path: Path) -> Path:
+def build_checkpoint(path: Path, shape: dict[str, int] = SHAPE, shard_bytes: int = SHARD_BYTES) -> Path:
     """Random bf16 weights written shard by shard, so building needs about one shard of memory."""
     marker = path / ".complete"
     if marker.is_file():
@@ -66,9 +66,9 @@ def build_checkpoint(path: Path) -> Path:
     gen = torch.Generator().manual_seed(0)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for name, shape in tensor_shapes(SHAPE):
-        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
-        if size + t.numel() * 2 > SHARD_BYTES and shards[-1]:
+    for name, dims in tensor_shapes(shape):
+        t = (torch.randn(dims, generator=gen) * 0.02).to(torch.bfloat16)
+        if size + t.numel() * 2 > shard_bytes and shards[-1]:
             shards.append({})
             size = 0
         shards[-1][name] = t
@@ -87,12 +87,12 @@ def build_checkpoint(path: Path) -> Path:
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": SHAPE["hidden"],
-        "intermediate_size": SHAPE["intermediate"],
-        "num_hidden_layers": SHAPE["layers"],
-        "num_attention_heads": SHAPE["heads"],
-        "num_key_value_heads": SHAPE["kv_heads"],
-        "vocab_size": SHAPE["vocab"],
+        "hidden_size": shape["hidden"],
+        "intermediate_size": shape["intermediate"],
+        "num_hidden_layers": shape["layers"],
+        "num_attention_heads": shape["heads"],
+        "num_key_value_heads": shape["kv_heads"],
+        "vocab_size": shape["vocab"],
         "rms_norm_eps": 1e-5,
         "torch_dtype": "bfloat16",
         "tie_word_embeddings": False,
@@ -102,10 +102,13 @@ def build_checkpoint(path: Path) -> Path:
     return path
 
 
-def neurons_csv(path: Path, n: int, seed: int = 0) -> Path:
+def neurons_csv(path: Path, n: int, seed: int = 0, shape: dict[str, int] = SHAPE,
+                layers: list[int] | None = None) -> Path:
+    """``n`` random neurons spread over ``layers`` (default: every layer), as a layer,index CSV."""
     rng = random.Random(seed)
-    picks = rng.sample(range(SHAPE["layers"] * SHAPE["intermediate"]), n)
-    rows = sorted((p // SHAPE["intermediate"], p % SHAPE["intermediate"]) for p in picks)
+    chosen = layers if layers is not None else list(range(shape["layers"]))
+    picks = rng.sample(range(len(chosen) * shape["intermediate"]), n)
+    rows = sorted((chosen[p // shape["intermediate"]], p % shape["intermediate"]) for p in picks)
     path.write_text("layer,index\n" + "".join(f"{a},{b}\n" for a, b in rows))
     return path
 

@@ -26,10 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-TATOEBA = REPO.parent / "shared" / "data" / "tatoeba" / "en-ja.train.tsv"
+from bench_identify import REPO, TATOEBA, default_model  # the same model and sentences as bench-identify
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,8 +72,6 @@ def compare(one: Path, many: Path) -> tuple[bool, float]:
 
 def main() -> None:
     args = parse_args()
-    from bench_identify import default_model
-
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     model = args.model or default_model(work)

@@ -34,6 +34,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         terminalreporter.write_line(matrix_table(MATRIX))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Every test's digest cache (tnedit.checkpoint.digests) is a per-session temporary directory, never the
+    user's home; set in os.environ, so the CLI subprocesses of the signal tests inherit it."""
+    before = os.environ.get("TNEDIT_CACHE_DIR")
+    os.environ["TNEDIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("tnedit-cache"))
+    yield
+    if before is None:
+        os.environ.pop("TNEDIT_CACHE_DIR", None)
+    else:
+        os.environ["TNEDIT_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning

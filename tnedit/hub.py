@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tnedit.checkpoint import read_header, require_directory, sha256_files
+from tnedit.checkpoint import cached_sha256_files, open_digest_cache, read_header, require_directory
 from tnedit.checkpoint.verify import missing_weights, weights_problem
+from tnedit.edit.settings import NO_CACHE_HELP
 from tnedit.errors import CheckpointError, HubError, InputError, TneditError
 from tnedit.formats.card import card_problems, complete_front_matter, read_front_matter, render_card
 from tnedit.formats.digest import sha256_bytes
@@ -55,6 +56,7 @@ class PushSettings:
     )
     large: bool = setting(False, help="Use huggingface_hub's resumable large-folder upload where it has one.")
     endpoint: str | None = setting(None, help="Hub endpoint [default: $HF_ENDPOINT or huggingface.co].", metavar="URL")
+    no_cache: bool = setting(False, recipe=False, help=NO_CACHE_HELP)
 
 
 @dataclass
@@ -171,11 +173,12 @@ def prepare_card(path: Path, provenance: Provenance) -> tuple[bytes, str, list[s
     return repaired.encode("utf-8"), "repaired", [note]
 
 
-def prepare_dir(path: str | Path, *, reporter: Reporter | None = None) -> PreparedDir:
+def prepare_dir(path: str | Path, *, no_cache: bool = False, reporter: Reporter | None = None) -> PreparedDir:
     """Validate an edited checkpoint directory for upload; refuse one modified after apply.
 
     Every weight file named in ``tnedit.json`` must exist with the recorded SHA-256, and no other
-    ``.safetensors`` file (besides the revert file) may sit beside them.
+    ``.safetensors`` file (besides the revert file) may sit beside them. Digests come from the
+    digest cache where its entries are trusted, unless ``no_cache``.
     """
     reporter = resolve_reporter(reporter)
     path, provenance = check_push_dir(path)
@@ -194,7 +197,8 @@ def prepare_dir(path: str | Path, *, reporter: Reporter | None = None) -> Prepar
         notes.append(f"{REVERT_NAME} is missing: the pushed checkpoint cannot be reverted with `tnedit revert`")
     total = sum((path / f).stat().st_size for f in files)
     with reporter.progress(total, "checksum", unit="B") as bar:
-        sha256 = dict(zip(files, sha256_files([path / f for f in files], bar.update), strict=True))
+        cache = open_digest_cache(not no_cache, warn=reporter.warn).outside(path)
+        sha256 = dict(zip(files, cached_sha256_files([path / f for f in files], cache, bar.update), strict=True))
     problem = weights_problem(path, provenance, digests=sha256)
     if problem:
         raise CheckpointError(f"{problem}, refusing to upload")
@@ -370,7 +374,7 @@ def plan_push(settings: PushSettings, api: Any, *, reporter: Reporter) -> tuple[
     api = api if api is not None else HfApi(endpoint=settings.endpoint or None)
     endpoint = str(getattr(api, "endpoint", None) or settings.endpoint or constants.ENDPOINT)
     _require_token(api, settings.repo)
-    prepared = prepare_dir(settings.dir, reporter=reporter)
+    prepared = prepare_dir(settings.dir, no_cache=settings.no_cache, reporter=reporter)
     for note in prepared.notes:
         reporter.warn(note)
     revision = settings.revision or constants.DEFAULT_REVISION

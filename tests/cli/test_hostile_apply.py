@@ -562,3 +562,64 @@ def test_progress_bar_prints_its_final_line_once(sharded, tmp_path, capsys, monk
     assert code == 0, err
     assert err.count("apply: 100%") == 1, err.replace("\r", "\n")
     assert err.count("apply:") > 2  # the bar did draw intermediate states
+
+
+# --- 14. the digest cache is an optimisation: a bad one costs at most a warning, never the command ------------
+
+
+def _cache_file(tmp_path: Path, model: Path, out: Path) -> Path:
+    (tmp_path / "cache-file").write_text("not a directory")
+    return tmp_path / "cache-file"
+
+
+def _cache_dangling_link(tmp_path: Path, model: Path, out: Path) -> Path:
+    (tmp_path / "cache-link").symlink_to(tmp_path / "gone")
+    return tmp_path / "cache-link" / "sub"
+
+
+def _cache_of_garbage(tmp_path: Path, model: Path, out: Path) -> Path:
+    """Every entry the model's files would use, planted as garbage (and a temporary left by a dead process)."""
+    from tnedit.checkpoint import DigestCache, file_identity
+
+    cache = DigestCache(tmp_path / "garbage" / "digests")
+    cache.directory.mkdir(parents=True)
+    for weights in model.glob("*.safetensors"):
+        cache.entry_path(file_identity(os.stat(weights))).write_bytes(b"\xff{not json")
+    (cache.directory / ".0-0.json.999999-1.tmp").write_text("{")
+    return tmp_path / "garbage"
+
+
+CACHE_CASES = {
+    "a regular file": (_cache_file, True),
+    "a dangling symlink": (_cache_dangling_link, True),
+    "inside the model": (lambda tmp_path, model, out: model / ".cache", True),
+    "inside OUT": (lambda tmp_path, model, out: out / "cache", True),
+    "full of garbage": (_cache_of_garbage, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_a_bad_digest_cache_never_fails_apply(case, model, tmp_path, capsys, monkeypatch):
+    """TNEDIT_CACHE_DIR unusable: apply succeeds with at most one warning line, and records the real digests."""
+    out = tmp_path / "out"
+    make_cache, warns = CACHE_CASES[case]
+    monkeypatch.setenv("TNEDIT_CACHE_DIR", str(make_cache(tmp_path, model, out)))
+    before = {p.name: sha(p) for p in model.rglob("*") if p.is_file()}
+    err = apply_ok(capsys, str(model), "--neurons", ALL_LAYERS, "-o", str(out))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == int(warns), err
+    assert all(line.startswith("tnedit: warning: digest cache") for line in lines), err
+    assert {p.name: sha(p) for p in model.rglob("*") if p.is_file()} == before, "the model was written"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(p.name for p in model.iterdir()), "README.md", "tnedit.json", "tnedit_revert.safetensors"]
+    ), "OUT holds more than the checkpoint"
+    for f, entry in json.loads((out / "tnedit.json").read_text())["weights"].items():
+        assert entry["source_sha256"] == sha(model / f) and entry["sha256"] == sha(out / f), f
+
+
+def test_a_read_only_digest_cache_never_fails_apply(read_only_dir, model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TNEDIT_CACHE_DIR", str(read_only_dir))
+    err = apply_ok(capsys, str(model), "--neurons", ALL_LAYERS, "-o", str(tmp_path / "out"))
+    assert err.count("\n") == 1 and "digest cache" in err and "Read-only file system" in err, err
+    prov = json.loads((tmp_path / "out" / "tnedit.json").read_text())
+    assert prov["weights"]["model.safetensors"]["source_sha256"] == sha(model / "model.safetensors")

@@ -189,3 +189,12 @@ def test_revert_output_must_not_overlap_edited(where, edited, tmp_path, capsys, 
         inputs=[edited],
         needles=[str(out)],
     )
+
+
+def test_a_digest_cache_inside_edited_is_not_written(edited, tmp_path, capsys, monkeypatch):
+    """Revert never writes EDITED: a TNEDIT_CACHE_DIR inside it is not used (one warning), and revert succeeds."""
+    monkeypatch.setenv("TNEDIT_CACHE_DIR", str(edited / "cache"))
+    code, _, err = run_cli(["revert", str(edited), "-o", str(tmp_path / "back"), "--quiet"], capsys)
+    assert code == 0, err
+    assert err.count("\n") == 1 and err.startswith("tnedit: warning: digest cache") and "must not write" in err
+    assert not (edited / "cache").exists()

@@ -180,7 +180,7 @@ ERROR_CASES: dict[str, tuple[str, ...]] = {
     "run: not YAML": ("run", "err/not-yaml.yaml", *Q),
     "run: --set unknown key": ("run", "err/recipe.yaml", "--set", "identify.nope=1", *Q),
     "tnedit: unknown verb": ("frobnicate",),
-    "apply: unknown option": ("apply", "--nope"),
+    "apply: unknown option": ("apply", "--frobnicate"),  # far from the options added since: the same hint
 }
 
 RECIPE = """\

@@ -5,13 +5,24 @@ byte ranges, so peak memory is about one tensor whatever the model size.
 
 - :mod:`~tnedit.checkpoint.files`: opening sources safely, exact reads, exclusive creation.
 - :mod:`~tnedit.checkpoint.safetensors`: headers (checked as safetensors checks them), single tensors.
-- :mod:`~tnedit.checkpoint.streaming`: copies with patched tensors, plain copies, SHA-256 of files.
+- :mod:`~tnedit.checkpoint.streaming`: copies with patched tensors, plain copies (reflinks), SHA-256 of files.
+- :mod:`~tnedit.checkpoint.digests`: the digest cache outside the checkpoint (the racy-clean rule).
 - :mod:`~tnedit.checkpoint.directory`: :class:`Checkpoint`, :func:`open_checkpoint`, source resolution.
 - :mod:`~tnedit.checkpoint.verify`: whether an edited checkpoint's weights are the recorded ones.
 """
 
 from __future__ import annotations
 
+from tnedit.checkpoint.digests import (
+    CACHE_ENV,
+    TIMESTAMP_GRANULARITY_NS,
+    DigestCache,
+    cache_home,
+    cached_sha256,
+    cached_sha256_files,
+    hashing_clock,
+    open_digest_cache,
+)
 from tnedit.checkpoint.directory import (
     CONTENT_SAMPLE,
     FOREIGN_WEIGHT_SUFFIXES,
@@ -43,6 +54,7 @@ from tnedit.checkpoint.streaming import (
     CopyResult,
     TensorPatch,
     available_cores,
+    copy_bytes,
     copy_plain,
     copy_with_patches,
     hub_blob_sha256,
@@ -52,6 +64,7 @@ from tnedit.checkpoint.streaming import (
 from tnedit.checkpoint.verify import missing_weights, weights_problem
 
 __all__ = [
+    "CACHE_ENV",
     "CHUNK",
     "CONTENT_SAMPLE",
     "ELEMENT_SIZE",
@@ -62,22 +75,30 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "QUANT_SUFFIXES",
     "SKIP_DIRS",
+    "TIMESTAMP_GRANULARITY_NS",
     "Checkpoint",
     "CopyResult",
+    "DigestCache",
     "FileIdentity",
     "ResolvedSource",
     "SafetensorsHeader",
     "TensorInfo",
     "TensorPatch",
     "available_cores",
+    "cache_home",
+    "cached_sha256",
+    "cached_sha256_files",
+    "copy_bytes",
     "copy_plain",
     "copy_with_patches",
     "create_new",
     "file_identity",
+    "hashing_clock",
     "hub_blob_sha256",
     "is_hub_id",
     "missing_weights",
     "open_checkpoint",
+    "open_digest_cache",
     "open_source",
     "read_config",
     "read_header",

@@ -2,10 +2,12 @@
 
 Untouched byte ranges are copied by the kernel (``copy_file_range``); patched tensors stream through
 one block-sized buffer, so peak memory is about :data:`CHUNK` whatever the tensor size. SHA-256 is
-computed alongside on a worker thread. Every copy can be cancelled between blocks.
+computed alongside on a worker thread. An untouched file whose digest is already known is cloned
+(a reflink, where the filesystem shares blocks) or copied by the kernel, and not read at all. Every
+copy can be cancelled between blocks.
 
-Tests monkeypatch :data:`CHUNK`, :func:`_copy_range`, :func:`copy_with_patches` and :func:`sha256_file`
-on this module: they are looked up here at call time.
+Tests monkeypatch :data:`CHUNK`, :func:`_copy_range`, :func:`copy_with_patches`, :func:`sha256_file`,
+:func:`sha256_files` and :data:`fcntl` on this module: they are looked up here at call time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import errno
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,11 +36,20 @@ from tnedit.checkpoint.safetensors import SafetensorsHeader, TensorInfo
 from tnedit.errors import CheckpointError
 from tnedit.formats.provenance import is_sha256
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 CHUNK = 4 * 1024 * 1024  # bytes per patched row block
 HASH_BUFFER = 1024 * 1024  # bytes per read of a file being hashed: large enough for full speed, small in RSS
 COPY_STEP = 64 * 1024 * 1024  # bytes per copy_file_range call: the cancel flag is checked between them
 # copy_file_range refuses some pairs of files (other filesystems, old kernels): copy through user space.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+# Linux's FICLONE ioctl, _IOW(0x94, 9, int): the new file shares the source's blocks (btrfs, XFS, bcachefs).
+FICLONE = 0x40049409
+# What FICLONE answers where blocks cannot be shared (ext4, tmpfs, another filesystem, an old kernel).
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
 
 # Patches a block of whole rows [row0, row1) of a 2-D tensor in place.
 TensorPatch = Callable[[TensorInfo, memoryview, int, int], None]
@@ -215,6 +227,22 @@ def _copy_range(fi: Any, fo: Any, begin: int, end: int, cancel: threading.Event 
         begin += n
 
 
+def _reflink(fi: Any, fo: Any) -> bool:
+    """Clone all of ``fi`` into the new, empty ``fo``; False where the filesystem cannot share blocks.
+
+    The clone is a file of its own: writing either file later never changes the other.
+    """
+    if fcntl is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
+    except OSError as exc:
+        if exc.errno not in _NO_REFLINK:
+            raise
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class CopyResult:
     source_sha256: str | None
@@ -302,8 +330,9 @@ def copy_plain(
 ) -> str:
     """Copy (or hardlink) an untouched file to the new file ``dst`` and return its SHA-256.
 
-    The digest is hashed while the kernel copies, unless the caller already knows it (a Hub blob),
-    in which case the file is only copied: hashing, not copying, is what costs time. A source that
+    The digest is hashed while the kernel copies, unless the caller already knows it (a Hub blob, a
+    trusted digest-cache entry), in which case the file is only cloned (a reflink) or, where the
+    filesystem cannot, copied by the kernel: hashing, not copying, is what costs time. A source that
     is a symlink is read through; ``dst`` is always a file of its own (or, with ``link``, a hardlink).
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +345,16 @@ def copy_plain(
     if known_sha256 is None:
         header = SafetensorsHeader(src, 0, {}, None, expected)
         return copy_with_patches(src, dst, {}, header, cancel=cancel).output_sha256
-    with writing(dst), open_source(src, expected) as fi, create_new(dst) as fo:
-        _copy_range(fi, fo, 0, os.fstat(fi.fileno()).st_size, cancel)
+    copy_bytes(src, dst, expected, cancel)
     return known_sha256
+
+
+def copy_bytes(
+    src: Path, dst: Path, expected: FileIdentity | None = None, cancel: threading.Event | None = None
+) -> None:
+    """Copy ``src`` to the new file ``dst`` without reading it: a reflink where the filesystem allows, else
+    the kernel's copy. For files whose digest is known or not needed (a checkpoint's side files)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with writing(dst), open_source(src, expected) as fi, create_new(dst) as fo:
+        if not _reflink(fi, fo):
+            _copy_range(fi, fo, 0, os.fstat(fi.fileno()).st_size, cancel)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tnedit.checkpoint.streaming import sha256_files
+from tnedit.checkpoint.digests import DigestCache, cached_sha256_files
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance
 
 
@@ -26,19 +26,23 @@ def weights_problem(
     provenance: Provenance,
     digests: Mapping[str, str] | None = None,
     on_bytes: Callable[[int], Any] | None = None,
+    cache: DigestCache | None = None,
 ) -> str | None:
     """Why the weight files in ``path`` are not the ones ``tnedit.json`` records, in one line; None if they are.
 
     ``provenance`` must have been read with ``complete=True`` (every weight has a recorded sha256).
     ``digests`` (file -> SHA-256) saves hashing again when the caller has them; otherwise the
-    recorded files are hashed, several at a time (``on_bytes`` gets each chunk's byte count).
+    recorded files are hashed, several at a time (``on_bytes`` gets each chunk's byte count), or read
+    from ``cache`` where its entries are trusted (none is used when it is None).
     """
     weights = provenance.weights
     missing = missing_weights(path, provenance)
     if missing:
         return missing
     if digests is None:
-        digests = dict(zip(weights, sha256_files([path / name for name in weights], on_bytes), strict=True))
+        paths = [path / name for name in weights]
+        found = cached_sha256_files(paths, cache or DigestCache(None), on_bytes)
+        digests = dict(zip(weights, found, strict=True))
     for name, record in weights.items():
         recorded = str(record.sha256)
         if digests[name] != recorded:

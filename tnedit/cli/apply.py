@@ -20,7 +20,7 @@ from tnedit.cli.options import (
     settings_from_options,
     settings_options,
 )
-from tnedit.edit.settings import ApplySettings
+from tnedit.edit.settings import NO_CACHE_HELP, ApplySettings
 
 
 def _load_neuron_input(neurons_file: str | None, neurons_text: str | None):  # -> (NeuronSet, label)
@@ -91,7 +91,7 @@ def apply_command(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_
     if push_repo:
         from tnedit.cli.push import push_after_apply
 
-        summary["push"] = push_after_apply(result.out, push_repo, quiet=quiet)
+        summary["push"] = push_after_apply(result.out, push_repo, quiet=quiet, no_cache=settings.no_cache)
     emit(summary, as_json, f"wrote {result.out}: {spec.describe()} in {len(summary['per_layer'])} layer(s)")
 
 
@@ -99,9 +99,10 @@ def apply_command(model, neurons_file, out, evaluate_lang, push_repo, quiet, as_
 @click.argument("edited", type=click.Path(file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--no-cache", "no_cache", is_flag=True, help=NO_CACHE_HELP)
 @quiet_option
 @json_option
-def revert_command(edited, out, overwrite, quiet, as_json):
+def revert_command(edited, out, overwrite, no_cache, quiet, as_json):
     """Write OUT with the original weights of the checkpoint EDITED was made from (same SHA-256).
 
     The revert file and every edited weight file are checked against the SHA-256s in EDITED's
@@ -109,7 +110,7 @@ def revert_command(edited, out, overwrite, quiet, as_json):
     """
     from tnedit.edit import revert_checkpoint
 
-    path = revert_checkpoint(edited, out, overwrite=overwrite, reporter=reporter_for(quiet))
+    path = revert_checkpoint(edited, out, overwrite=overwrite, no_cache=no_cache, reporter=reporter_for(quiet))
     emit({"out": str(path)}, as_json, f"wrote {path}: original weights restored")
 
 

@@ -46,11 +46,12 @@ def push_command(directory: str, repo: str, quiet: bool, as_json: bool, **option
     emit(result.to_dict(), as_json, result.describe())
 
 
-def push_after_apply(out_dir: str | Path, repo: str, quiet: bool = False) -> dict[str, Any]:
+def push_after_apply(out_dir: str | Path, repo: str, quiet: bool = False, no_cache: bool = False) -> dict[str, Any]:
     """`tnedit apply --push-to-hub REPO`: push the directory apply just wrote; returns the result as a dict."""
     from tnedit.hub import push_checkpoint
 
     reporter = reporter_for(quiet)
-    result = push_checkpoint(PushSettings(dir=out_dir, repo=repo, endpoint=_endpoint(None)), reporter=reporter)
+    settings = PushSettings(dir=out_dir, repo=repo, endpoint=_endpoint(None), no_cache=no_cache)
+    result = push_checkpoint(settings, reporter=reporter)
     reporter.log(f"tnedit: {result.describe()}")
     return result.to_dict()

@@ -20,12 +20,15 @@ import numpy as np
 from tnedit.architectures import hidden_size, neuron_axis
 from tnedit.checkpoint import (
     Checkpoint,
+    DigestCache,
     ResolvedSource,
     TensorInfo,
     copy_plain,
     copy_with_patches,
+    hashing_clock,
     hub_blob_sha256,
     open_checkpoint,
+    open_digest_cache,
     resolve_source,
     write_safetensors,
 )
@@ -182,7 +185,8 @@ def apply_to_checkpoint(
     by_file = _patches_by_file(ckpt, spec)
     with atomic_directory(out, overwrite=options.overwrite) as tmp:
         copy_side_files(resolved.path, tmp, ckpt)
-        weights, originals = _write_weight_files(resolved.path, tmp, ckpt, by_file, options.link, reporter)
+        cache = open_digest_cache(not options.no_cache, warn=reporter.warn).outside(resolved.path, out)
+        weights, originals = _write_weight_files(resolved.path, tmp, ckpt, by_file, options.link, cache, reporter)
         revert_sha256 = _write_revert_file(tmp / REVERT_NAME, ckpt, by_file, originals, source_card)
         written = _Written(weights, revert_sha256, previous, source_card)
         provenance = _provenance(resolved, ckpt, spec, neuron_set, neuron_source, options.command, written)
@@ -198,14 +202,16 @@ def _write_weight_files(
     ckpt: Checkpoint,
     by_file: dict[str, dict[str, LayerEdit]],
     link: bool,
+    cache: DigestCache,
     reporter: Reporter,
 ) -> tuple[dict[str, WeightRecord], dict[str, np.ndarray]]:
     """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply.
 
     Each file records its output's SHA-256 and its source's (``source_sha256``), which revert
-    checks its restored bytes against. An untouched file's source digest is its output's; an edited
-    one's is hashed alongside the copy, or read from a Hub blob's name. Also returns the original
-    slices of every edited tensor, for the revert file.
+    checks its restored bytes against. A source's digest is read from a Hub blob's name or a trusted
+    digest-cache entry where there is one (an untouched file is then only cloned or copied, an
+    edited one hashes its output alone), else hashed alongside the copy and recorded in the cache.
+    Also returns the original slices of every edited tensor, for the revert file.
     """
     cancel = threading.Event()
     axis = neuron_axis(ckpt.arch)
@@ -214,15 +220,20 @@ def _write_weight_files(
     def one(f: str) -> tuple[str, WeightRecord]:
         src, dst = src_dir / f, out_dir / f
         dst.parent.mkdir(parents=True, exist_ok=True)
-        header, blob = ckpt.headers[f], hub_blob_sha256(src)
-        edits = by_file.get(f)
+        header = ckpt.headers[f]
+        known = hub_blob_sha256(src) or cache.lookup(header.identity)
+        started, edits = hashing_clock(), by_file.get(f)
         if not edits:
-            digest = copy_plain(src, dst, link=link, known_sha256=blob, expected=header.identity, cancel=cancel)
-            return f, WeightRecord(digest, digest, [])
-        patches = {name: SlicePatch(axis, e.indices, e.factors, where=f"layer {e.layer}") for name, e in edits.items()}
-        result = copy_with_patches(src, dst, patches, header, hash_source=blob is None, cancel=cancel)
-        originals.update({name: patch.original() for name, patch in patches.items()})
-        return f, WeightRecord(result.output_sha256, blob or result.source_sha256, sorted(edits))
+            digest = copy_plain(src, dst, link=link, known_sha256=known, expected=header.identity, cancel=cancel)
+            record = WeightRecord(digest, digest, [])
+        else:
+            patches = {n: SlicePatch(axis, e.indices, e.factors, where=f"layer {e.layer}") for n, e in edits.items()}
+            result = copy_with_patches(src, dst, patches, header, hash_source=known is None, cancel=cancel)
+            originals.update({name: patch.original() for name, patch in patches.items()})
+            record = WeightRecord(result.output_sha256, known or result.source_sha256, sorted(edits))
+        if known is None:
+            cache.record(src, header.identity, str(record.source_sha256), started)
+        return f, record
 
     sizes = {f: file_size(ckpt, f) for f in ckpt.weight_files}
     results = in_parallel(one, sizes, "apply", reporter, cancel)

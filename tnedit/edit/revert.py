@@ -15,15 +15,18 @@ import numpy as np
 from tnedit.architectures import neuron_axis
 from tnedit.checkpoint import (
     Checkpoint,
+    DigestCache,
     SafetensorsHeader,
     TensorPatch,
+    cached_sha256,
     copy_plain,
     copy_with_patches,
+    hashing_clock,
     open_checkpoint,
+    open_digest_cache,
     read_header,
     read_tensor,
     require_directory,
-    sha256_file,
 )
 from tnedit.edit.bake import SlicePatch
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
@@ -108,7 +111,9 @@ def _revert_slices(revert: SafetensorsHeader, ckpt: Checkpoint, name: str, axis:
     return indices, read_tensor(revert, f"{name}::original")
 
 
-def _checked_inputs(edited: Path, out: Path, overwrite: bool, reporter: Reporter) -> tuple[Checkpoint, RecordedDigests]:
+def _checked_inputs(
+    edited: Path, out: Path, overwrite: bool, cache: DigestCache, reporter: Reporter
+) -> tuple[Checkpoint, RecordedDigests]:
     """EDITED opened and its recorded digests, once tnedit.json and the revert file can be trusted."""
     require_directory(edited)
     provenance = read_provenance(edited)
@@ -123,7 +128,7 @@ def _checked_inputs(edited: Path, out: Path, overwrite: bool, reporter: Reporter
             f"{edited / PROVENANCE_NAME}: written by tnedit 0.1 (no 'revert_sha256' or 'source_sha256'): the edited "
             "files are checked, but the restored bytes cannot be verified against the original's"
         )
-    elif sha256_file(revert_path) != recorded.revert_sha256:
+    elif cached_sha256(revert_path, cache) != recorded.revert_sha256:
         raise CheckpointError(
             f"{revert_path}: SHA-256 differs from key 'revert_sha256' of {PROVENANCE_NAME}; the revert file was "
             "modified or corrupted after apply"
@@ -136,6 +141,7 @@ def revert_checkpoint(
     out: str | Path,
     *,
     overwrite: bool = False,
+    no_cache: bool = False,
     reporter: Reporter | None = None,
 ) -> Path:
     """Write ``out`` with the weight files of the checkpoint ``edited`` was made from, byte for byte.
@@ -143,17 +149,19 @@ def revert_checkpoint(
     Each weight file is verified while it is copied: the edited file against its recorded SHA-256,
     the restored bytes against the source's, and ``out`` appears only if every one matches.
     Provenance of tnedit 0.1 recorded no source digests: its checkpoints are still restored, with a
-    warning that the result cannot be verified.
+    warning that the result cannot be verified. The edited files' digests come from the digest cache
+    where its entries are trusted, unless ``no_cache``; the restored bytes are always hashed.
     """
     edited, out, reporter = Path(edited), Path(out), resolve_reporter(reporter)
-    ckpt, recorded = _checked_inputs(edited, out, overwrite, reporter)
+    cache = open_digest_cache(not no_cache, warn=reporter.warn).outside(edited, out)
+    ckpt, recorded = _checked_inputs(edited, out, overwrite, cache, reporter)
     restore, metadata = _restore_patches(edited / REVERT_NAME, ckpt, recorded)
     cancel = threading.Event()
     with atomic_directory(out, overwrite=overwrite) as tmp:
         copy_side_files(edited, tmp, ckpt)
 
         def one(f: str) -> tuple[str, str]:
-            return f, _restore_file(ckpt, f, tmp / f, restore.get(f), recorded, cancel)
+            return f, _restore_file(ckpt, f, tmp / f, restore.get(f), recorded, cache, cancel)
 
         in_parallel(one, {f: file_size(ckpt, f) for f in ckpt.weight_files}, "revert", reporter, cancel)
         if metadata.get("source_had_card") == "1":
@@ -167,16 +175,23 @@ def _restore_file(
     dst: Path,
     patches: dict[str, TensorPatch] | None,
     recorded: RecordedDigests,
+    cache: DigestCache,
     cancel: threading.Event,
 ) -> str:
-    """Write one original weight file; its digests are checked before revert's output can appear."""
+    """Write one original weight file; its digests are checked before revert's output can appear.
+
+    The edited file's digest may come from the cache; the restored bytes' is always computed.
+    """
     src, header = ckpt.path / f, ckpt.headers[f]
     dst.parent.mkdir(parents=True, exist_ok=True)
+    known, started = cache.lookup(header.identity), hashing_clock()
     if patches:
-        result = copy_with_patches(src, dst, patches, header, hash_source=True, cancel=cancel)
-        read, written = result.source_sha256, result.output_sha256
+        result = copy_with_patches(src, dst, patches, header, hash_source=known is None, cancel=cancel)
+        read, written = known or result.source_sha256, result.output_sha256
     else:
-        read = written = copy_plain(src, dst, expected=header.identity, cancel=cancel)
+        read = written = copy_plain(src, dst, known_sha256=known, expected=header.identity, cancel=cancel)
+    if known is None and read is not None:
+        cache.record(src, header.identity, read, started)
     if read != recorded.edited[f]:
         raise CheckpointError(
             f"{src}: SHA-256 differs from {PROVENANCE_NAME} key 'weights['{f}'].sha256'; the edited checkpoint was "

@@ -19,13 +19,20 @@ from tnedit.formats.layers import parse_layers
 from tnedit.formats.neurons import NeuronSet
 from tnedit.settings import setting
 
+# One wording for the switch apply, revert and push share.
+NO_CACHE_HELP = (
+    "Hash every weight file: neither read nor write the digest cache ($TNEDIT_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/tnedit or ~/.cache/tnedit) that spares unchanged local files a second hashing."
+)
+
 
 @dataclass(frozen=True)
 class ApplyOptions:
     """How apply reads the source and writes OUT, and what it records.
 
     ``inputs`` are paths OUT may neither be nor hold (besides the source and the neurons file);
-    ``command`` is recorded in ``tnedit.json``.
+    ``command`` is recorded in ``tnedit.json``; ``no_cache`` hashes every source file instead of
+    trusting the digest cache (:mod:`tnedit.checkpoint.digests`), which is then neither read nor written.
     """
 
     revision: str | None = None
@@ -34,6 +41,7 @@ class ApplyOptions:
     link: bool = False
     command: str | None = None
     inputs: tuple[str | Path, ...] = ()
+    no_cache: bool = False
 
 
 @dataclass
@@ -55,6 +63,7 @@ class ApplySettings:
     overwrite: bool = setting(False, recipe=False, help="Replace OUT if it exists.")
     force: bool = setting(False, recipe=False, help="Apply even if the neuron set was made for another model.")
     link: bool = setting(False, recipe=False, help="Hardlink untouched weight files instead of copying them.")
+    no_cache: bool = setting(False, recipe=False, help=NO_CACHE_HELP)
 
     def layer_list(self, neuron_set: NeuronSet) -> list[int] | None:
         """``layers`` as layer numbers (fractions need the neuron set's layer count); None keeps every layer."""
@@ -67,4 +76,5 @@ class ApplySettings:
         return make_edit_spec(neuron_set, self.op, self.factor, top_k=self.top_k, layers=self.layer_list(neuron_set))
 
     def options(self, command: str | None = None, inputs: Iterable[str | Path] = ()) -> ApplyOptions:
-        return ApplyOptions(self.revision, self.overwrite, self.force, self.link, command, tuple(inputs))
+        return ApplyOptions(self.revision, self.overwrite, self.force, self.link, command, tuple(inputs),
+                            no_cache=self.no_cache)

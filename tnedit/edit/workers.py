@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tnedit.checkpoint import Checkpoint, available_cores, copy_plain, create_new, writing
+from tnedit.checkpoint import Checkpoint, available_cores, copy_bytes, create_new, writing
 from tnedit.formats.provenance import CARD_NAME, PROVENANCE_NAME, REVERT_NAME
 from tnedit.reporting import Reporter
 
@@ -77,11 +77,14 @@ def stop_workers(pool: Any, futures: Sequence[Any], cancel: threading.Event) -> 
 
 
 def copy_side_files(src_dir: Path, out_dir: Path, ckpt: Checkpoint) -> None:
-    """Every non-weight file byte for byte, except the card, provenance and revert file tnedit writes itself."""
+    """Every non-weight file byte for byte, except the card, provenance and revert file tnedit writes itself.
+
+    Unhashed: no digest of a side file is recorded (a tokenizer.json can be tens of MB).
+    """
     for rel in ckpt.side_files():
         if str(rel) in (CARD_NAME, PROVENANCE_NAME, REVERT_NAME):
             continue
-        copy_plain(src_dir / rel, out_dir / rel)
+        copy_bytes(src_dir / rel, out_dir / rel)
 
 
 def write_new_text(path: Path, text: str) -> None:

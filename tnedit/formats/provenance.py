@@ -36,12 +36,13 @@ SEMANTICS_NOTE = (
 NOT_APPLIED = "{directory}: no {name}; not a checkpoint written by tnedit apply"
 NOT_A_CHECKPOINT = "{directory}: not a tnedit checkpoint (no {name}); expected a directory written by `tnedit apply`"
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def is_sha256(value: Any) -> bool:
-    """A SHA-256 hex digest as tnedit records them: 64 lowercase hex digits."""
-    return isinstance(value, str) and _SHA256_HEX.match(value) is not None
+    """A SHA-256 hex digest as tnedit records them: 64 lowercase hex digits and nothing else (``fullmatch``:
+    ``$`` would let a trailing newline by)."""
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 def _record(cls: type, obj: Any) -> Any:
