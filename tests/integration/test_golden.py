@@ -69,7 +69,7 @@ SMALL_EVALUATION = ("--n-pairs", "8", "--n-qa", "2", "--n-gen", "1", "--n-langid
 ADDED_EXTRA = "massive"  # the neuron-set method extra the baseline predates (identify's massive-activation marking)
 # 0.3: the headline's alignment margin, the selectivity rows, the output-language detector, the lm-eval options
 REPORT_ADDED = ("mid_margin", "selectivity", "detector", "langid", "lm_eval", "lm_eval_include", "lm_eval_limit",
-                "lm_eval_fewshot", "lm_eval_batch_size")
+                "lm_eval_fewshot", "lm_eval_batch_size", "no_cache")
 NEURONS_IGNORED = ("tnedit_version", ADDED_EXTRA)
 PROVENANCE_IGNORED = ("created", "command", "versions", "tnedit_version", ADDED_EXTRA)
 REPORT_IGNORED = ("created", "versions", "runtime", "provenance_created", "tnedit_version", ADDED_EXTRA,

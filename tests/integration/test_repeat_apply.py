@@ -224,3 +224,32 @@ def test_a_corrupt_cache_never_changes_what_apply_records(src, tmp_path, capsys,
         os.utime(entry, ns=(stamp, stamp))
     err = apply(capsys, src, tmp_path / "out")
     assert err == "" and weights(tmp_path / "out") == weights(tmp_path / "fill")
+
+
+def test_evaluates_check_of_edited_reads_the_cache_and_catches_a_change(src, tmp_path, capsys, counted, trusting,
+                                                                       cache_dir):
+    from tnedit.errors import CheckpointError
+    from tnedit.evaluate.plan import check_edited_weights
+    from tnedit.formats.provenance import read_provenance
+    from tnedit.reporting import NullReporter
+
+    out = tmp_path / "edited"
+    apply(capsys, src, out)
+    time.sleep(0.03)
+    provenance = read_provenance(out, complete=True)
+    weight_size = sum((out / name).stat().st_size for name in provenance.weights)
+    counted.bytes = 0
+    check_edited_weights(out, provenance, False, NullReporter())
+    assert counted.bytes == weight_size  # the first check hashes every weight file
+    counted.bytes = 0
+    check_edited_weights(out, provenance, False, NullReporter())
+    assert counted.bytes == 0, "an unchanged EDITED was hashed again"
+    check_edited_weights(out, provenance, False, NullReporter(), no_cache=True)
+    assert counted.bytes == weight_size
+    shard = out / edited_shard(src)  # same size, one byte flipped, mtime put back
+    data, old = bytearray(shard.read_bytes()), os.stat(shard)
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(old.st_atime_ns, old.st_mtime_ns))
+    with pytest.raises(CheckpointError, match=shard.name):
+        check_edited_weights(out, provenance, False, NullReporter())

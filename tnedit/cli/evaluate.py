@@ -19,7 +19,7 @@ from tnedit.model.distributed import launched_world
 OPTIONS = ("op", "factor", "positions", "top_k", "layers", "control", "seed", "data", "skip", "n_pairs", "qa", "n_qa",
            "qa_shots", "n_gen", "n_langid", "max_new_tokens", "qa_max_new_tokens", "langid", "lm_eval",
            "lm_eval_include", "lm_eval_limit", "lm_eval_fewshot", "lm_eval_batch_size", "kl_top_k", "batch_size",
-           "gen_batch_size", "dtype", "device", "revision", "force")
+           "gen_batch_size", "dtype", "device", "revision", "force", "no_cache")
 
 
 @click.command("evaluate", context_settings={"show_default": True})

@@ -19,7 +19,7 @@ from tnedit.formats.layers import parse_layers
 from tnedit.formats.neurons import NeuronSet
 from tnedit.settings import setting
 
-# One wording for the switch apply, revert and push share.
+# One wording for the switch apply, revert, evaluate and push share.
 NO_CACHE_HELP = (
     "Hash every weight file: neither read nor write the digest cache ($TNEDIT_CACHE_DIR, else "
     "$XDG_CACHE_HOME/tnedit or ~/.cache/tnedit) that spares unchanged local files a second hashing."

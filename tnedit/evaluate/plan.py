@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from tnedit.architectures import config_value
 from tnedit.checkpoint import open_checkpoint, read_config
+from tnedit.checkpoint.digests import open_digest_cache
 from tnedit.checkpoint.verify import weights_problem
 from tnedit.edit.spec import EditSpec, check_neuron_range, make_edit_spec
 from tnedit.errors import CheckpointError, InputError
@@ -65,10 +66,13 @@ def read_edited_provenance(edited: str, force: bool, reporter: Reporter) -> Prov
     return read_provenance(Path(edited), complete=True, missing=NOT_A_CHECKPOINT)
 
 
-def check_edited_weights(edited: Path, provenance: Provenance, force: bool, reporter: Reporter) -> None:
-    """EDITED must load exactly the weight files tnedit.json records, with the recorded SHA-256s."""
+def check_edited_weights(edited: Path, provenance: Provenance, force: bool, reporter: Reporter,
+                         no_cache: bool = False) -> None:
+    """EDITED must load exactly the weight files tnedit.json records, with the recorded SHA-256s (those of
+    files unchanged since an earlier check come from the digest cache unless ``no_cache``)."""
     unrecorded = sorted(set(open_checkpoint(edited).weight_files) - set(provenance.weights))
-    problem = weights_problem(edited, provenance)
+    cache = open_digest_cache(not no_cache, warn=reporter.warn).outside(edited)
+    problem = weights_problem(edited, provenance, cache=cache)
     if problem is None and unrecorded:
         problem = f"{edited / unrecorded[0]}: weight file not recorded in {PROVENANCE_NAME} (apply did not write it)"
     if problem:
@@ -171,7 +175,7 @@ def _plan_baked(s: EvaluateSettings, original_path: Path, texts: dict[str, list[
     spec, layers, info = None, None, None
     if provenance is not None:
         check_derived(s.original, original_path, provenance, s.force, reporter)
-        check_edited_weights(edited_path, provenance, s.force, reporter)
+        check_edited_weights(edited_path, provenance, s.force, reporter, s.no_cache)
         spec, layers = _edit_from_provenance(provenance, edited_path / PROVENANCE_NAME)
         neuron_set = provenance.neuron_set
         info = {**edit_info("baked", spec, "all", neuron_set.sha256, neuron_set.method),

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import click
 
+from tnedit.edit.settings import NO_CACHE_HELP
 from tnedit.edit.spec import Op, Positions
 from tnedit.errors import InputError
 from tnedit.formats.neurons import NeuronSet
@@ -106,6 +107,7 @@ class EvaluateSettings:
     device: str = setting("auto", show_default=True, help="auto, cpu, cuda or mps.")
     revision: str | None = setting(None, recipe=False, help="Hub revision of ORIGINAL.")
     force: bool = setting(False, help="Evaluate even if EDITED is not derived from ORIGINAL.")
+    no_cache: bool = setting(False, recipe=False, help=NO_CACHE_HELP)  # for the check of EDITED's weight files
     english: str = setting(SHARED_LANGUAGE, cli=False, help="The shared language every target is compared with.")
 
     @property
