@@ -1,7 +1,7 @@
 """Data-parallel identify, LAPE and evaluate: ranks of a gloo world on CPU against one process.
 
-Each rank is a real ``python -m tnedit`` process (started by :mod:`tests.support.distributed`, by the real
-``torchrun`` launcher or by environment); the one-process reference runs in this process with one torch
+Each rank is a real ``python -m tnedit`` process (started by :mod:`tests.support.distributed`: by the real
+``torchrun``, by ``accelerate launch`` or by environment); the one-process reference runs in this process with one torch
 thread, the same kernels every rank uses, so only the order of the fp64 additions differs. The pieces
 without processes (shards, environment, GPU shares) are under ``tests/unit/model/test_distributed.py``.
 """

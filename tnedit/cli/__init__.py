@@ -13,11 +13,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tnedit.errors import DistributedRunError, TneditError  # layer 0, stdlib only: keeps --help instant
+
+if TYPE_CHECKING:
+    from tnedit.model.distributed import World
 
 # verb -> "module:attribute" under tnedit.cli
 VERBS: dict[str, str] = {
@@ -150,10 +153,12 @@ def _verb(args: list[str]) -> str | None:
     return next((a for a in args if not a.startswith("-")), None)
 
 
-def _report_failure(exc: Exception, world: Any) -> None:
+def _report_failure(exc: Exception, world: World) -> None:
     """One line for a failure; other ranks leave an input error, which every rank meets alike, to rank 0."""
     if not world.is_main:
-        if isinstance(exc, TneditError) and not isinstance(exc, DistributedRunError) and exc.exit_code == 2:
+        alike = isinstance(exc, click.ClickException) or (
+            isinstance(exc, TneditError) and not isinstance(exc, DistributedRunError) and exc.exit_code == 2)
+        if alike:
             return
         click.echo(f"tnedit: error: rank {world.rank}: {describe_exception(exc)}", err=True)
         return
