@@ -50,6 +50,11 @@ class Condition:
     n_neurons: int = 0
 
 
+# The Accumulator's per-language sums and the dtype the ranks add them in.
+_PER_LANGUAGE_SUMS = {"nll": torch.float64, "n_tokens": torch.int64, "kl": torch.float64, "top1": torch.int64,
+                      "n_positions": torch.int64}
+
+
 class Accumulator:
     """Per-condition results while batches stream through: states, NLL, KL, top-1."""
 
@@ -72,14 +77,13 @@ class Accumulator:
         for lang, shape in shapes.items():  # a rank that ran no batch of a language adds zeros
             self.h.setdefault(lang, np.zeros(shape, dtype=np.float32))
         sums: dict[str, Any] = {f"h/{lang}": torch.from_numpy(h) for lang, h in sorted(self.h.items())}
-        for name in ("nll", "n_tokens", "kl", "top1", "n_positions"):
+        for name, dtype in _PER_LANGUAGE_SUMS.items():
             values = getattr(self, name)
-            dtype = torch.float64 if name in ("nll", "kl") else torch.int64
             sums.update({f"{name}/{lang}": torch.tensor([values[lang]], dtype=dtype) for lang in self.sizes})
         added = world.all_reduce(sums)
         for lang in self.h:
             self.h[lang] = added[f"h/{lang}"].numpy()
-        for name in ("nll", "n_tokens", "kl", "top1", "n_positions"):
+        for name in _PER_LANGUAGE_SUMS:
             getattr(self, name).update({lang: added[f"{name}/{lang}"].item() for lang in self.sizes})
         self.kl_method = world.broadcast(self.kl_method)  # rank 0 runs the first batch, so it has one
 

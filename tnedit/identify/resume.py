@@ -269,8 +269,9 @@ class Runner:
                     if index is not None:
                         batch = next(batches)
                         p.update(capture.run(batch), batch.rows)
-                    self.batches += world.step_batches(step, total)
-                    bar.update(world.step_batches(step, total))
+                    done = world.step_batches(step, total)
+                    self.batches += done
+                    bar.update(done)
                     self._after_batch(p, step + 1, total)
         if world.is_distributed:
             p.load(world.all_reduce(p.export()))
