@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tnedit.errors import UnsupportedArchitectureError
+from tnedit.experts import Experts, NeuronSpace, dense_space, moe_space
 
 Layout = Literal["linear", "conv1d"]
 
@@ -50,6 +51,8 @@ class Architecture:
     intermediate_multiple: int | None = None  # intermediate = multiple × hidden when no key is set
     text_config_key: str | None = None  # multimodal wrappers keep the decoder's config here
     fused_gate_up: bool = False
+    # Mixture-of-experts families: where the experts live; ``out_proj`` is then the dense layers' projection.
+    experts: Experts | None = None
     notes: str = ""
 
     @property
@@ -191,25 +194,53 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
 )
 
-MOE_TYPES: frozenset[str] = frozenset(
-    {
-        "mixtral",
-        "qwen2_moe",
-        "qwen3_moe",
-        "deepseek_v2",
-        "deepseek_v3",
-        "dbrx",
-        "jamba",
-        "olmoe",
-        "phimoe",
-        "granitemoe",
-        "llama4",
-        "gpt_oss",
-        "minimax",
-    }
+def _moe(name: str, experts: Experts, **kw: Any) -> Architecture:
+    return _gated(name, (name,), out_proj=experts.dense_out_proj, experts=experts, **kw)
+
+
+def _routed(per_expert: str | None = "mlp.experts.{expert}.down_proj.weight", **kw: Any) -> Experts:
+    base: dict[str, Any] = dict(block="mlp", module="mlp.experts", fused_down="mlp.experts.down_proj",
+                                per_expert_down=per_expert, count_keys=("num_experts", "num_local_experts"),
+                                width_keys=("moe_intermediate_size",))
+    base.update(kw)
+    return Experts(**base)
+
+
+_QWEN_DENSE = dict(dense_list_key="mlp_only_layers", sparse_step_key="decoder_sparse_step")
+
+# Mixture-of-experts entries: expert facts as transformers 5 stores and runs them (docs/MOE.md).
+MOE_ARCHITECTURES: tuple[Architecture, ...] = (
+    _moe("mixtral", _routed("block_sparse_moe.experts.{expert}.w2.weight", count_keys=("num_local_experts",),
+                            width_keys=("intermediate_size",)),
+         notes="checkpoints keep experts under block_sparse_moe (w1/w3/w2); transformers loads them as mlp.experts"),
+    _moe("qwen2_moe", _routed(shared_down="mlp.shared_expert.down_proj", shared_gate="mlp.shared_expert_gate",
+                              shared_width_keys=("shared_expert_intermediate_size",), **_QWEN_DENSE),
+         notes="a sigmoid-gated shared expert; layers in mlp_only_layers (or off decoder_sparse_step) are dense"),
+    _moe("qwen3_moe", _routed(**_QWEN_DENSE), notes="layers in mlp_only_layers (or off decoder_sparse_step) are dense"),
+    _moe("olmoe", _routed(count_keys=("num_experts",), width_keys=("intermediate_size",))),
+    _moe("deepseek_v3", _routed(count_keys=("n_routed_experts",), shared_down="mlp.shared_experts.down_proj",
+                                shared_width_multiplier_key="n_shared_experts",
+                                first_dense_key="first_k_dense_replace"),
+         notes="the first first_k_dense_replace layers are dense; shared experts are added with weight 1"),
+    _moe("gpt_oss", _routed(None, count_keys=("num_local_experts",), width_keys=("intermediate_size",),
+                            transposed=True),
+         notes="experts fused on disk as [experts, intermediate, hidden] with a bias per expert (not a neuron)"),
 )
 
-_BY_TYPE: dict[str, Architecture] = {t: a for a in ARCHITECTURES for t in a.model_types}
+# Mixture-of-experts variants outside the registry: refused by name, so their experts are never skipped silently.
+MOE_TYPES: frozenset[str] = frozenset(
+    {"deepseek_v2", "dbrx", "jamba", "phimoe", "granitemoe", "granitemoehybrid", "llama4", "llama4_text",
+     "minimax", "qwen3_next", "jetmoe", "ernie4_5_moe", "glm4_moe", "hunyuan_v1_moe", "dots1", "bailing_moe",
+     "qwen3_vl_moe", "flex_olmo", "lfm2_moe", "longcat_flash", "nllb_moe", "switch_transformers"}
+)
+
+_BY_TYPE: dict[str, Architecture] = {t: a for a in ARCHITECTURES + MOE_ARCHITECTURES for t in a.model_types}
+
+
+def register_architecture(arch: Architecture) -> None:
+    """Declare a further family (dense, or mixture-of-experts with ``experts=Experts(...)``) for this process."""
+    for model_type in arch.model_types:
+        _BY_TYPE[model_type] = arch
 
 
 class UnknownArchitecture(UnsupportedArchitectureError):
@@ -224,9 +255,10 @@ def get_architecture(model_type: str) -> Architecture:
     if model_type in _BY_TYPE:
         return _BY_TYPE[model_type]
     if model_type in MOE_TYPES:
+        moe = ", ".join(a.name for a in MOE_ARCHITECTURES)
         raise UnknownArchitecture(
-            f"model_type '{model_type}' is a mixture-of-experts model: not supported yet "
-            "(neurons of routed experts need per-expert indices)"
+            f"model_type '{model_type}' is a mixture-of-experts variant tnedit does not know (its experts would be "
+            f"skipped); supported mixture-of-experts types: {moe} (declare others with register_architecture)"
         )
     raise UnknownArchitecture(
         f"model_type '{model_type}' is not supported; supported types: " + ", ".join(supported_model_types())
@@ -297,6 +329,14 @@ def hidden_size(config: Mapping[str, Any], arch: Architecture) -> int:
 
 
 def intermediate_size(config: Mapping[str, Any], arch: Architecture) -> int:
+    """The width of a layer's neurons: the MLP's intermediate size, or for a mixture-of-experts model the
+    widest layer's columns (its routed experts side by side, then the shared expert; see tnedit.experts)."""
+    if arch.experts is not None:
+        return neuron_space(config, arch).width
+    return dense_intermediate_size(config, arch)
+
+
+def dense_intermediate_size(config: Mapping[str, Any], arch: Architecture) -> int:
     cfg = text_config(config, arch)
     value = _first_key(cfg, arch.intermediate_keys)
     if value is not None:
@@ -304,6 +344,17 @@ def intermediate_size(config: Mapping[str, Any], arch: Architecture) -> int:
     if arch.intermediate_multiple is not None:
         return arch.intermediate_multiple * hidden_size(config, arch)
     raise UnknownArchitecture(f"config has none of {list(arch.intermediate_keys)} for the intermediate size")
+
+
+def neuron_space(config: Mapping[str, Any], arch: Architecture) -> NeuronSpace:
+    """Every layer's neurons as blocks of columns: one block per layer for a dense model."""
+    layers = num_layers(config, arch)
+    if arch.experts is None:
+        return dense_space(layers, dense_intermediate_size(config, arch))
+    try:
+        return moe_space(text_config(config, arch), arch.experts, layers)
+    except UnsupportedArchitectureError as exc:
+        raise UnknownArchitecture(f"{arch.name}: {exc}") from None
 
 
 class ConfigShape:
@@ -324,18 +375,32 @@ class ConfigShape:
     def hidden_size(self) -> int:
         return hidden_size(self.config, self.arch)
 
+    @property
+    def neuron_space(self) -> NeuronSpace:
+        return neuron_space(self.config, self.arch)
+
 
 def out_proj_key(prefix: str, layer: int, arch: Architecture) -> str:
     return f"{prefix}.{layer}.{arch.out_proj_weight}"
 
 
+def layer_zero_keys(prefix: str, arch: Architecture) -> tuple[str, ...]:
+    """Keys one of which layer 0 of a checkpoint holds: its MLP output projection, or its experts' (either form)."""
+    keys = [out_proj_key(prefix, 0, arch)]
+    if arch.experts is not None:
+        if arch.experts.per_expert_down:
+            keys.append(f"{prefix}.0.{arch.experts.per_expert_down.format(expert=0)}")
+        keys.append(f"{prefix}.0.{arch.experts.fused_down}")
+    return tuple(keys)
+
+
 def find_layer_prefix(keys: Iterable[str], arch: Architecture) -> str:
-    """The layer path whose layer-0 output projection is among the checkpoint keys."""
+    """The layer path whose layer-0 output projection (or experts) is among the checkpoint keys."""
     key_set = set(keys)
     for prefix in arch.layer_paths:
-        if out_proj_key(prefix, 0, arch) in key_set:
+        if key_set.intersection(layer_zero_keys(prefix, arch)):
             return prefix
-    tried = ", ".join(out_proj_key(p, 0, arch) for p in arch.layer_paths)
+    tried = ", ".join(k for p in arch.layer_paths for k in layer_zero_keys(p, arch))
     raise UnknownArchitecture(f"no MLP output projection found in the checkpoint (looked for {tried})")
 
 

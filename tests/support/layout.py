@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tnedit"  # a script too: no imp
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tnedit.errors", "tnedit.versions", "tnedit.exports"),
     ("tnedit.reporting", "tnedit.settings", "tnedit.formats"),
+    ("tnedit.experts",),
     ("tnedit.architectures",),
     ("tnedit.checkpoint", "tnedit.corpus", "tnedit.qa"),
     ("tnedit.model",),

@@ -122,13 +122,15 @@ def _massive(neuron_set: Any) -> dict[str, Any] | None:
 
 def _massive_keys(neuron_set: Any, marking: dict[str, Any] | None) -> set[tuple[int, int]]:
     """The set's neurons that the marking lists (a set cut to its top k keeps the whole list)."""
-    listed = {(x[0], x[1]) for x in marking["neurons"] if isinstance(x, list) and len(x) == 2} if marking else set()
-    return {(n.layer, n.index) for n in neuron_set.neurons} & listed
+    listed = {tuple(x) for x in marking["neurons"] if isinstance(x, list) and len(x) in (2, 3)} if marking else set()
+    return {n.key for n in neuron_set.neurons} & listed
 
 
 def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
     """The human-readable listing of `inspect`."""
-    from tnedit.formats.neurons import centroids_text, method_dict, tune_summary
+    from tnedit.experts import expert_label
+    from tnedit.formats.descriptions import centroids_text, tune_summary
+    from tnedit.formats.neurons import method_dict
 
     lines = [f"{Path(neurons_file).name}: {len(neuron_set)} neurons"]
     model, method = neuron_set.model, neuron_set.method
@@ -153,6 +155,8 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
         if centroids:
             lines.append(centroids)
     lines.append("per layer: " + "  ".join(f"{layer}:{n}" for layer, n in neuron_set.per_layer_counts().items()))
+    if neuron_set.has_experts:
+        lines.append("per expert: " + "  ".join(f"{e}:{n}" for e, n in neuron_set.per_expert_counts().items()))
     marking = _massive(neuron_set)
     massive = _massive_keys(neuron_set, marking)
     if marking:
@@ -161,12 +165,14 @@ def _describe_neuron_set(neurons_file: str, neuron_set: Any, top: int) -> str:
                      f"{marking.get('language', 'en')} (marked *)")
     own = any(n.factor is not None for n in neuron_set.neurons)
     lines.append(f"top {min(top, len(neuron_set))}:")
-    lines.append("  rank  layer  index  score" + ("  factor" if own else ""))
+    experts = neuron_set.has_experts
+    lines.append("  rank  layer" + ("  expert" if experts else "") + "  index  score" + ("  factor" if own else ""))
     for rank, n in enumerate(neuron_set.neurons[:top], start=1):
         score = "" if n.score is None else f"{n.score:.6g}"
         factor = f"  {'' if n.factor is None else f'{n.factor:.3g}':>6}" if own else ""
-        mark = "  *" if (n.layer, n.index) in massive else ""
-        lines.append(f"  {rank:>4}  {n.layer:>5}  {n.index:>5}  {score}{factor}{mark}")
+        mark = "  *" if n.key in massive else ""
+        expert = f"  {expert_label(n.expert):>6}" if experts else ""
+        lines.append(f"  {rank:>4}  {n.layer:>5}{expert}  {n.index:>5}  {score}{factor}{mark}")
     return "\n".join(lines)
 
 
@@ -188,12 +194,14 @@ def inspect_command(neurons_file, top, quiet, as_json):
         "model": asdict(neuron_set.model) if neuron_set.model else None,
         "method": method_dict(neuron_set.method) if neuron_set.method else None,
         "per_layer": neuron_set.per_layer_counts(),
-        "top": [asdict(n) for n in neuron_set.neurons[:top]],
+        **({"per_expert": neuron_set.per_expert_counts()} if neuron_set.has_experts else {}),
+        "top": [{k: v for k, v in asdict(n).items() if k != "expert" or v is not None}
+                for n in neuron_set.neurons[:top]],
     }
     marking = _massive(neuron_set)
     if marking is not None:
         massive = _massive_keys(neuron_set, marking)
         result["n_massive"] = len(massive)
-        for entry in result["top"]:
-            entry["massive"] = (entry["layer"], entry["index"]) in massive
+        for entry, n in zip(result["top"], neuron_set.neurons, strict=False):
+            entry["massive"] = n.key in massive
     emit(result, as_json, _describe_neuron_set(neurons_file, neuron_set, top))

@@ -103,6 +103,8 @@ def _transfer(settings: IdentifySettings, out_dir: Path, quiet: bool, as_json: b
         lines.append(f"  {language} type{t}: {len(neurons)} neurons in layers "
                      f"{format_layers(result.candidate_layers[t])}{eta} → {file}")
         lines.append(f"    per layer: {_per_layer_text(neurons.per_layer_counts())}")
+        if neurons.has_experts:
+            lines.append(f"    per expert: {_per_layer_text(neurons.per_expert_counts())}")
     lines.append(_truncation_text(result.max_length, result.truncated))
     emit(result.summary(), as_json, "\n".join(lines))
 

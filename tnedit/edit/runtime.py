@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from tnedit.architectures import Architecture, decoder_layers, get_architecture, neuron_axis, resolve_module
+from tnedit.architectures import Architecture, decoder_layers, get_architecture, neuron_space, resolve_module
 from tnedit.edit.numeric import patch_slices, restore_slices
 from tnedit.edit.spec import EditSpec, Positions, check_neuron_range, make_edit_spec
 from tnedit.errors import InputError, LibraryUsageError
+from tnedit.experts import dense_space
 from tnedit.formats.neurons import Neuron, NeuronSet
+from tnedit.model.experts import add_expert_edit, projection_weight, use_tnedit_experts
 from tnedit.model.hooks import HookSet
 
 _TORCH_TO_SAFETENSORS = {
@@ -95,20 +97,34 @@ def apply_to_model(
     spec = neurons if isinstance(neurons, EditSpec) else make_edit_spec(neurons, op, factor)
     arch = _arch_of(model, arch)
     layers = decoder_layers(model, arch)
-    axis = neuron_axis(arch)
-    first = resolve_module(layers[0], arch.out_proj).weight
-    check_neuron_range(spec, len(layers), first.shape[axis], "apply_to_model")
+    check_neuron_range(spec, model_neuron_space(model, arch, layers), "apply_to_model")
     handle = EditHandle([], spec)
     try:
         for edit in spec.by_layer():
-            weight = resolve_module(layers[edit.layer], arch.out_proj).weight
-            where = f"layer {edit.layer} ({arch.out_proj}.weight)"
+            weight, axis = projection_weight(layers[edit.layer], arch, edit.expert)
+            where = f"layer {edit.layer} ({_projection_name(arch, edit.expert)})"
             original = _edit_weight(weight, axis, edit.indices, edit.factors, where)
             handle._saved.append((weight, axis, edit.indices, original))
     except BaseException:
         handle.restore()  # all or nothing: a failure in a later layer must not leave earlier ones edited
         raise
     return handle
+
+
+def model_neuron_space(model: Any, arch: Architecture, layers: Any) -> Any:
+    """The neuron space of a loaded model: from its config for an MoE family, from the weights for a dense one."""
+    if arch.experts is not None:
+        return neuron_space(model.config.to_dict(), arch)
+    weight, axis = projection_weight(layers[0], arch, None)
+    return dense_space(len(layers), weight.shape[axis])
+
+
+def _projection_name(arch: Architecture, expert: Any) -> str:
+    if expert is None:
+        return f"{arch.out_proj}.weight"
+    if arch.experts is not None and expert == "shared":
+        return f"{arch.experts.shared_down}.weight"
+    return f"{arch.experts.fused_down if arch.experts else arch.out_proj}[{expert}]"
 
 
 # --- runtime hooks ------------------------------------------------------------------------------
@@ -143,8 +159,7 @@ class RuntimeEdit:
         self.positions = positions
         self.arch = _arch_of(model, arch)
         self.layers = decoder_layers(model, self.arch)
-        width = resolve_module(self.layers[0], self.arch.out_proj).weight.shape[neuron_axis(self.arch)]
-        check_neuron_range(spec, len(self.layers), width, "runtime edit")
+        check_neuron_range(spec, model_neuron_space(model, self.arch, self.layers), "runtime edit")
         self._mask: Any = None
         self._hooks = HookSet()
 
@@ -160,10 +175,15 @@ class RuntimeEdit:
         import torch
 
         for edit in self.spec.by_layer():
-            module = resolve_module(self.layers[edit.layer], self.arch.out_proj)
             idx = torch.tensor(edit.indices, dtype=torch.long)
             factors = torch.tensor(edit.factors, dtype=torch.float32)
-            self._hooks.add_pre(module, self._hook(idx, factors))
+            if isinstance(edit.expert, int):  # a routed expert: inside tnedit's experts loop
+                use_tnedit_experts(self.model)
+                experts = resolve_module(self.layers[edit.layer], self.arch.experts.module)
+                add_expert_edit(self._hooks, experts, self._expert_edit(edit.expert, idx, factors))
+                continue
+            name = self.arch.out_proj if edit.expert is None else str(self.arch.experts.shared_down)
+            self._hooks.add_pre(resolve_module(self.layers[edit.layer], name), self._hook(idx, factors))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -175,17 +195,22 @@ class RuntimeEdit:
             mask = self._position_mask(x)
             if mask is False:
                 return None
-            i, f = idx.to(x.device), factors.to(x.device)
-            x = x.clone()
-            picked = x[..., i]
-            scaled = (picked.float() * f).to(x.dtype)
-            scaled = scaled.masked_fill(f == 0, 0)
-            if mask is not None:
-                scaled = scaled.where(mask.unsqueeze(-1), picked)
-            x[..., i] = scaled
-            return (x, *args[1:])
+            return (_scaled(x, idx, factors, mask), *args[1:])
 
         return hook
+
+    def _expert_edit(self, expert: int, idx: Any, factors: Any) -> Any:
+        """Scales routed expert ``expert``'s activations at the chosen positions, inside the experts loop."""
+
+        def edit(routed_to: int, token: Any, a: Any, tokens: int) -> Any:
+            if routed_to != expert:
+                return a
+            mask = self._position_mask(a.new_empty(tokens, 0)) if self.positions != "all" else None
+            if mask is False:
+                return a
+            return _scaled(a, idx, factors, None if mask is None else mask[token.to(mask.device)])
+
+        return edit
 
     def _position_mask(self, x: Any) -> Any:
         """None = every position; False = skip this pass; else a bool mask shaped like x[..., 0]."""
@@ -197,3 +222,16 @@ class RuntimeEdit:
         if x.dim() == 2:  # layers that flatten (batch, time) first, e.g. OPT
             return mask.reshape(-1) if mask.numel() == x.shape[0] else False
         return mask if tuple(mask.shape) == tuple(x.shape[:2]) else False
+
+
+def _scaled(x: Any, idx: Any, factors: Any, mask: Any) -> Any:
+    """``x`` with columns ``idx`` multiplied by ``factors`` (exact zeros for 0) where ``mask`` (None = everywhere)."""
+    i, f = idx.to(x.device), factors.to(x.device)
+    x = x.clone()
+    picked = x[..., i]
+    scaled = (picked.float() * f).to(x.dtype)
+    scaled = scaled.masked_fill(f == 0, 0)
+    if mask is not None:
+        scaled = scaled.where(mask.to(x.device).unsqueeze(-1), picked)
+    x[..., i] = scaled
+    return x

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from tnedit.errors import InputError, NeuronSetError
-from tnedit.formats.neurons import Neuron, NeuronSet, merge_duplicates, own_factors_text, parse_factor
+from tnedit.experts import NeuronSpace, expert_label
+from tnedit.formats.descriptions import own_factors_text
+from tnedit.formats.neurons import ExpertTag, Neuron, NeuronSet, merge_duplicates, parse_factor
 
 if TYPE_CHECKING:
     from tnedit.checkpoint import Checkpoint
@@ -25,9 +27,12 @@ Positions = Literal["all", "last", "prompt"]
 
 @dataclass(frozen=True)
 class LayerEdit:
+    """The neurons of one output projection to scale: a dense layer's, or one expert's (``expert``)."""
+
     layer: int
     indices: tuple[int, ...]
     factors: tuple[float, ...]
+    expert: ExpertTag = None
 
 
 @dataclass(frozen=True)
@@ -43,17 +48,30 @@ class EditSpec:
         return self.factor if neuron.factor is None else neuron.factor
 
     def by_layer(self) -> list[LayerEdit]:
-        grouped: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        """One edit per output projection, in (layer, expert) order: routed experts, then the shared one."""
+        grouped: dict[tuple[int, ExpertTag], list[tuple[int, float]]] = defaultdict(list)
         for n in self.neurons:
-            grouped[n.layer].append((n.index, self.factor_of(n)))
+            grouped[(n.layer, n.expert)].append((n.index, self.factor_of(n)))
         out = []
-        for layer in sorted(grouped):
-            pairs = sorted(grouped[layer])
-            out.append(LayerEdit(layer, tuple(i for i, _ in pairs), tuple(f for _, f in pairs)))
+        for layer, expert in sorted(grouped, key=_projection_order):
+            pairs = sorted(grouped[(layer, expert)])
+            out.append(LayerEdit(layer, tuple(i for i, _ in pairs), tuple(f for _, f in pairs), expert))
         return out
 
     def per_layer_counts(self) -> dict[int, int]:
-        return {e.layer: len(e.indices) for e in self.by_layer()}
+        counts: dict[int, int] = defaultdict(int)
+        for edit in self.by_layer():
+            counts[edit.layer] += len(edit.indices)
+        return dict(counts)
+
+    def per_expert_counts(self) -> dict[int, dict[str, int]]:
+        """``{layer: {"e0": n, "shared": n, "dense": n}}`` for an edit of expert neurons; empty otherwise."""
+        if all(n.expert is None for n in self.neurons):
+            return {}
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        for edit in self.by_layer():
+            counts[edit.layer][expert_label(edit.expert)] = len(edit.indices)
+        return dict(counts)
 
     def describe(self) -> str:
         own = own_factors_text(self.op, self.factor, (self.factor_of(n) for n in self.neurons))
@@ -62,6 +80,11 @@ class EditSpec:
         if self.op == "zero":
             return f"zero {len(self.neurons)} neurons"
         return f"scale {len(self.neurons)} neurons by {self.factor:g}"
+
+
+def _projection_order(key: tuple[int, ExpertTag]) -> tuple[int, int, int]:
+    layer, expert = key
+    return (layer, 0, -1) if expert is None else (layer, 1, expert) if isinstance(expert, int) else (layer, 2, 0)
 
 
 def _factor_for(op: str, factor: Any) -> float:
@@ -94,15 +117,24 @@ def make_edit_spec(
         raise InputError("no neurons left to edit (check --layers / --top-k)")
     for n in neuron_set.neurons:  # library callers build Neuron objects without parse_factor
         if n.factor is not None:
-            parse_factor(n.factor, f"neuron {n.layer}:{n.index}")
+            parse_factor(n.factor, f"neuron {n.label}")
     kept, duplicates = merge_duplicates(neuron_set.neurons)
     if op == "zero":
-        kept = [Neuron(n.layer, n.index, n.score, None) if n.factor == 0.0 else n for n in kept]
+        kept = [replace(n, factor=None) if n.factor == 0.0 else n for n in kept]
     return EditSpec(op, value, tuple(kept), tuple(duplicates))  # type: ignore[arg-type]
 
 
-def check_neuron_range(spec: EditSpec, num_layers: int, width: int, where: str) -> None:
-    NeuronSet(list(spec.neurons)).validate_shape(num_layers, width, where)
+def check_neuron_range(spec: EditSpec, space: NeuronSpace, where: str) -> None:
+    """One line for the first neuron the model does not have (a layer, an expert or an index out of range)."""
+    check_neurons(spec.neurons, space, where)
+
+
+def check_neurons(neurons: Iterable[Neuron], space: NeuronSpace, where: str) -> None:
+    if not space.moe:
+        NeuronSet(list(neurons)).validate_shape(space.num_layers, space.width, where)
+        return
+    for n in neurons:
+        space.check(n.layer, n.expert, n.index, where)
 
 
 def check_fingerprint(ckpt: Checkpoint, neuron_set: NeuronSet | None, where: str, force: bool) -> str | None:

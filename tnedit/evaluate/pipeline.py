@@ -180,7 +180,7 @@ def _run_original(run: _Inputs, original_path: Path) -> tuple[_Runs, LogprobCach
     with run.timer.stage("load_s", f"loading {s.original}"):
         lm = load_model(s.original, revision=s.revision, dtype=s.dtype, device=s.device)
     n_layers = len(lm.layers)
-    control, control_info = plan_control(plan, n_layers, lm.intermediate_size, s.seed) if s.control else (None, None)
+    control, control_info = plan_control(plan, lm.neuron_space, s.seed) if s.control else (None, None)
     conds = [c for c in (Condition("original", "original"), plan.edited, control) if c is not None]
     first_pass = [c for c in conds if c.kind != "baked"]
     sizes = {lang: len(v) for lang, v in run.texts.items()}

@@ -19,9 +19,11 @@ from tnedit.edit.spec import EditSpec, check_neuron_range, make_edit_spec
 from tnedit.errors import CheckpointError, InputError
 from tnedit.evaluate.passes import Condition
 from tnedit.evaluate.settings import EvaluateSettings
+from tnedit.experts import NeuronSpace
+from tnedit.formats.descriptions import own_factors_text
 from tnedit.formats.digest import sha256_bytes, sha256_json
 from tnedit.formats.layers import format_layers, parse_layers
-from tnedit.formats.neurons import NeuronSet, method_dict, own_factors_text, read_neuron_argument
+from tnedit.formats.neurons import NeuronSet, method_dict, read_neuron_argument
 from tnedit.formats.provenance import NOT_A_CHECKPOINT, PROVENANCE_NAME, Provenance, read_provenance
 from tnedit.identify.controls import random_control
 from tnedit.reporting import Reporter
@@ -45,7 +47,7 @@ class Plan:
 
 def spec_sha256(spec: EditSpec) -> str:
     """SHA-256 of the edit's ``[layer, index, factor]`` rows as JSON (the report's ``edit_sha256``)."""
-    return sha256_json([[n.layer, n.index, spec.factor_of(n)] for n in spec.neurons])
+    return sha256_json([[n.layer, n.index, spec.factor_of(n), *n.key[2:]] for n in spec.neurons])
 
 
 def refuse_unless_forced(msg: str, force: bool, reporter: Reporter, error: type[InputError] = InputError) -> None:
@@ -155,6 +157,9 @@ def edit_info(kind: str, spec: EditSpec, positions: str, neuron_set_sha256: str 
     info = {"source": kind, "op": spec.op, "factor": spec.factor, "positions": positions,
             "n_neurons": len(spec.neurons), "neuron_set_sha256": neuron_set_sha256, "edit_sha256": spec_sha256(spec),
             "per_layer": spec.per_layer_counts(), "method": method}
+    per_expert = spec.per_expert_counts()
+    if per_expert:  # a mixture-of-experts edit: the report's per-layer tables count its neurons per expert
+        info["per_expert"] = {str(layer): counts for layer, counts in per_expert.items()}
     own = own_factors_text(spec.op, spec.factor, (spec.factor_of(n) for n in spec.neurons))
     return {**info, "own_factors": own} if own else info
 
@@ -204,7 +209,7 @@ def _plan_hook(s: EvaluateSettings, original_path: Path, reporter: Reporter) -> 
     keep = parse_layers(s.layers, ckpt.num_layers) if s.layers is not None else None
     # --layers first, then --top-k: the first K neurons within the kept layers (make_edit_spec's order)
     spec = make_edit_spec(neuron_set, s.op, s.factor, top_k=s.top_k, layers=keep)
-    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, label)  # before the model is loaded
+    check_neuron_range(spec, ckpt.neuron_space, label)  # before the model is loaded
     method = neuron_set.method
     layers = list(method.layers) if method and method.layers else None
     if layers is not None and keep is not None:  # the control draws from the same restricted layers
@@ -224,19 +229,21 @@ def plan_evaluation(s: EvaluateSettings, original_path: Path, texts: dict[str, l
     return _plan_hook(s, original_path, reporter)
 
 
-def plan_control(plan: Plan, n_layers: int, width: int, seed: int) -> tuple[Condition, dict[str, Any]]:
+def plan_control(plan: Plan, space: NeuronSpace, seed: int) -> tuple[Condition, dict[str, Any]]:
     """Random neurons: as many as edited, from the set's candidate layers (else the layers it
-    touches), excluding the edited ones; seeded; applied as a hook like the edit."""
+    touches), excluding the edited ones; seeded; applied as a hook like the edit. In a
+    mixture-of-experts model, as many per expert as edited there."""
     spec = plan.spec
     if spec is None:
         raise InputError("--control random needs the edited neurons, but EDITED_DIR has no tnedit.json")
     layers = plan.method_layers or sorted({n.layer for n in spec.neurons})
-    picked = random_control(NeuronSet(list(spec.neurons)), n_layers, width, seed, layers=layers)
+    picked = random_control(NeuronSet(list(spec.neurons)), space.num_layers, space.width, seed, layers=layers,
+                            space=space)
     control = make_edit_spec(picked, spec.op, spec.factor if spec.op == "scale" else None)
     positions = plan.edited.positions
     info = {"kind": "random", "seed": seed, "layers": layers, "layers_text": format_layers(layers),
             "n_neurons": len(control.neurons), "positions": positions, "op": control.op, "factor": control.factor,
-            "neurons_sha256": spec_sha256(control), "neurons": [[n.layer, n.index] for n in control.neurons]}
+            "neurons_sha256": spec_sha256(control), "neurons": [list(n.key) for n in control.neurons]}
     return Condition("control", "hook", control, positions, len(control.neurons)), info
 
 

@@ -176,14 +176,23 @@ def _kl_method_note(report: dict[str, Any]) -> str:
     return f"baked edits: original's top-{k} tokens + one rest bucket, a lower bound on KL"
 
 
+def expert_counts_text(counts: dict[str, int] | None) -> str:
+    """``e0:3 e2:1 shared:2``: a layer's edited neurons per expert (``–`` for none)."""
+    return " ".join(f"{name}:{n}" for name, n in (counts or {}).items()) or "–"
+
+
 def layer_tables(report: dict[str, Any]) -> list[Table]:
     conds = conditions(report)
     en = report["settings"].get("english", "en")
+    per_expert = (report.get("edit") or {}).get("per_expert")
+    first = [Column("layer", "layer", "{:d}")] + ([Column("experts", "edited per expert")] if per_expert else [])
     tables = []
     for lang in report["settings"]["languages"]:
         rows = []
         for layer in report["layers"]:
             row: dict[str, Any] = {"layer": layer}
+            if per_expert:
+                row["experts"] = expert_counts_text(per_expert.get(str(layer)))
             for c in conds:
                 rep = report["conditions"][c]["representation"][lang]
                 row[f"{c}_par"] = rep["cos_parallel"][layer]
@@ -191,11 +200,11 @@ def layer_tables(report: dict[str, Any]) -> list[Table]:
                 row[f"{c}_knn"] = rep["mutual_knn"][layer]
                 row[f"{c}_cent"] = rep["centroid_cos"][layer]
             rows.append(row)
-        cos_cols = [Column("layer", "layer", "{:d}")]
+        cos_cols = list(first)
         for c in conds:
             cos_cols += [Column(f"{c}_par", f"{c} parallel"), Column(f"{c}_floor", f"{c} floor")]
         tables.append(Table(f"{en}–{lang} last-token cosine per layer", cos_cols, rows))
-        knn_cols = [Column("layer", "layer", "{:d}")]
+        knn_cols = list(first)
         for c in conds:
             knn_cols += [Column(f"{c}_knn", f"{c} mKNN"), Column(f"{c}_cent", f"{c} centroid cos")]
         tables.append(Table(f"{en}–{lang} mutual-kNN and centroid cosine per layer", knn_cols, rows))

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tnedit.formats.neurons import own_factors_text, tune_summary
+from tnedit.formats.descriptions import own_factors_text, tune_summary
 from tnedit.formats.outputs import write_text
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 

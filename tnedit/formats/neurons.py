@@ -35,16 +35,30 @@ DEFAULT_CENTROIDS = "layer-outputs"
 NeuronFormatError = NeuronSetError
 
 
+SHARED = "shared"
+# A mixture-of-experts neuron's expert: a routed expert's number or "shared"; None for a dense MLP layer.
+ExpertTag = int | Literal["shared"] | None
+
+
 @dataclass(frozen=True)
 class Neuron:
     layer: int
     index: int
     score: float | None = None
     factor: float | None = None  # a per-neuron factor overrides the operation's factor
+    expert: ExpertTag = None
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.layer, self.index)
+    def key(self) -> tuple[int, int] | tuple[int, int, int | str]:
+        """``(layer, index)``, or ``(layer, index, expert)`` for an expert's neuron."""
+        return (self.layer, self.index) if self.expert is None else (self.layer, self.index, self.expert)
+
+    @property
+    def label(self) -> str:
+        """``3:17``, or ``3:e2:17`` / ``3:shared:17`` for an expert's neuron."""
+        if self.expert is None:
+            return f"{self.layer}:{self.index}"
+        return f"{self.layer}:{'shared' if self.expert == SHARED else f'e{self.expert}'}:{self.index}"
 
 
 @dataclass
@@ -87,13 +101,6 @@ def method_dict(method: Method) -> dict[str, Any]:
     return out
 
 
-def centroids_text(method: Method | None) -> str | None:
-    """``"centroids: hidden-states (...)"`` for ``inspect`` when a set's centroids are not the default, else None."""
-    if method is None or method.centroids == DEFAULT_CENTROIDS:
-        return None
-    return f"centroids: {method.centroids} (the last layer's centroid after the final norm)"
-
-
 @dataclass
 class NeuronSet:
     neurons: list[Neuron]
@@ -118,6 +125,17 @@ class NeuronSet:
     def per_layer_counts(self) -> dict[int, int]:
         return dict(sorted(Counter(n.layer for n in self.neurons).items()))
 
+    @property
+    def has_experts(self) -> bool:
+        return any(n.expert is not None for n in self.neurons)
+
+    def per_expert_counts(self) -> dict[str, int]:
+        """Neurons per expert over all layers (``e0``, ``shared``, ``dense``); empty for a set without experts."""
+        if not self.has_experts:
+            return {}
+        names = Counter(n.label.split(":")[1] if n.expert is not None else "dense" for n in self.neurons)
+        return dict(sorted(names.items(), key=lambda kv: (kv[0] in ("shared", "dense"), len(kv[0]), kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -138,6 +156,11 @@ class NeuronSet:
 
     def validate_shape(self, num_layers: int, intermediate_size: int, where: str = "neurons") -> None:
         for n in self.neurons:
+            if n.expert is not None:
+                raise NeuronSetError(
+                    f"{where}: neuron {n.label} names an expert, but the model has no experts (a dense model: "
+                    "drop the 'expert' keys, or use the mixture-of-experts model the set was made for)"
+                )
             if not 0 <= n.layer < num_layers:
                 raise NeuronSetError(
                     f"{where}: layer {n.layer} is out of range (the model has layers 0..{num_layers - 1})"
@@ -150,7 +173,10 @@ class NeuronSet:
 
 
 def _neuron_dict(n: Neuron) -> dict[str, Any]:
-    out: dict[str, Any] = {"layer": n.layer, "index": n.index}
+    out: dict[str, Any] = {"layer": n.layer}
+    if n.expert is not None:
+        out["expert"] = n.expert
+    out["index"] = n.index
     if n.score is not None:
         out["score"] = n.score
     if n.factor is not None:
@@ -182,39 +208,6 @@ def fingerprint(
 
 
 # --- parsing -------------------------------------------------------------------------------------
-
-
-def own_factors_text(op: str, factor: float | None, factors: Iterable[float]) -> str | None:
-    """``"their own factors (-0.38, -0.21)"`` when the neurons' factors are not all the operation's one, else None.
-
-    A tune set carries a factor per neuron; saying "zeroed" of it would misdescribe the checkpoint.
-    """
-    expected = 0.0 if op == "zero" else factor
-    distinct = sorted({float(f) for f in factors})
-    if not distinct or distinct == [expected]:
-        return None
-    shown = ", ".join(f"{f:g}" for f in distinct[:4]) + (", …" if len(distinct) > 4 else "")
-    return f"their own factors ({shown})"
-
-
-def tune_summary(method: dict[str, Any]) -> str | None:
-    """What ``tnedit tune`` measured for a set it chose (``method.extra.tune``), in one line, e.g.
-    ``keep en within +10%; calibration ja ×1.096e+05, en ×1.057; validation ja ×8.823e+04, en ×1.076``."""
-    tune = (method.get("extra") or {}).get("tune")
-    if not isinstance(tune, dict):
-        return None
-
-    def ratios(values: Any) -> str:
-        shown = (values or {}).items() if isinstance(values, dict) else []
-        return ", ".join(f"{lang} ×{v:.4g}" for lang, v in shown if isinstance(v, int | float)) or "–"
-
-    target = method.get("language")
-    kept = [lang for lang in method.get("languages") or [] if lang != target]
-    bound = (tune.get("settings") or {}).get("max_ppl_increase")
-    within = f" within +{bound:.0%}" if isinstance(bound, int | float) else ""
-    calibration = tune.get("calibration") or {}
-    measured = ratios({target: calibration.get("target_ratio"), **(calibration.get("kept_ratios") or {})})
-    return f"keep {','.join(kept)}{within}; calibration {measured}; validation {ratios(tune.get('validation'))}"
 
 
 def parse_factor(value: Any, where: str) -> float:
@@ -263,10 +256,21 @@ def _neuron_from_fields(fields: Sequence[Any], where: str) -> Neuron:
     return Neuron(layer, index, factor=factor)
 
 
+def parse_expert(value: Any, where: str) -> ExpertTag:
+    """An ``expert`` value: a non-negative integer, ``"shared"``, or absent (None, a dense layer's neuron)."""
+    if value is None or value == SHARED:
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NeuronSetError(f"{where}: 'expert' must be a non-negative integer or \"shared\", got {value!r}")
+    return value
+
+
 def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
     for key in ("layer", "index"):
         if key not in obj:
-            raise NeuronSetError(f"{where}: missing key '{key}' (expected layer, index[, score, factor])")
+            raise NeuronSetError(f"{where}: missing key '{key}' (expected layer, [expert,] index[, score, factor])")
     score = obj.get("score")
     if score is not None:
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
@@ -278,6 +282,7 @@ def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
         _parse_int(obj["index"], "index", where),
         score=score,
         factor=factor,
+        expert=parse_expert(obj.get("expert"), where),
     )
 
 
@@ -442,7 +447,7 @@ def merge_duplicates(neurons: Sequence[Neuron]) -> tuple[list[Neuron], list[tupl
             continue
         if prior.factor != n.factor:
             raise NeuronSetError(
-                f"neuron {n.layer}:{n.index} is listed twice with different factors ({prior.factor} and {n.factor})"
+                f"neuron {n.label} is listed twice with different factors ({prior.factor} and {n.factor})"
             )
         dups.append(n.key)
     return list(seen.values()), dups

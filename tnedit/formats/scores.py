@@ -45,6 +45,9 @@ class ScoresFile:
     n_l2: int
     path: Path | None = None
     mean_abs_activation: np.ndarray | None = None  # [layers, intermediate], English, every real token
+    # Mixture-of-experts models: per layer, [expert, width] of each block of columns in order (expert an int,
+    # "shared", or null for a dense layer); the columns past a layer's blocks are padding. None: a dense model.
+    neuron_columns: list[list[list[Any]]] | None = None
 
     def to_dict(self) -> dict[str, str]:
         """The safetensors metadata (every value a string, as the format requires)."""
@@ -58,7 +61,7 @@ class ScoresFile:
             "n_en": str(self.n_en),
             "n_l2": str(self.n_l2),
             "tnedit_version": __version__,  # the writer's
-        }
+        } | ({"neuron_columns": json.dumps(self.neuron_columns)} if self.neuron_columns is not None else {})
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, str], where: Path, *, arrays: Mapping[str, np.ndarray]) -> ScoresFile:
@@ -77,7 +80,8 @@ class ScoresFile:
             if not isinstance(method.get(key, {}), dict):
                 raise InputError(f"{where}: metadata key 'method' has a '{key}' that is not an object")
         n_en, n_l2 = _meta_count(obj, "n_en", where), _meta_count(obj, "n_l2", where)
-        return cls(language, scores, eta2, model, layers, method, n_en, n_l2, where, mean_abs)
+        columns = _neuron_columns(obj, where, num_layers, next(iter(scores.values())).shape[1])
+        return cls(language, scores, eta2, model, layers, method, n_en, n_l2, where, mean_abs, columns)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a temporary sibling renamed into place), readable like any other file of the user."""
@@ -152,6 +156,24 @@ def _model(meta: Mapping[str, str], where: Path) -> ModelInfo:
     if not isinstance(model.name_or_path, str):
         raise InputError(f"{where}: metadata key 'model' has no 'name_or_path' string")
     return model
+
+
+def _neuron_columns(meta: Mapping[str, str], where: Path, num_layers: int, width: int) -> list[list[list[Any]]] | None:
+    if "neuron_columns" not in meta:
+        return None
+    raw = _meta_json(meta, "neuron_columns", where, list)
+
+    def block_ok(block: Any) -> bool:
+        expert_ok = block[0] is None or block[0] == "shared" or (isinstance(block[0], int) and block[0] >= 0)
+        return expert_ok and isinstance(block[1], int) and not isinstance(block[1], bool) and block[1] > 0
+
+    ok = len(raw) == num_layers and all(
+        isinstance(layer, list) and all(isinstance(b, list) and len(b) == 2 and block_ok(b) for b in layer)
+        and sum(b[1] for b in layer) <= width for layer in raw)
+    if not ok:
+        raise InputError(f"{where}: metadata key 'neuron_columns' must list, for each of the {num_layers} layers, "
+                         f"[expert, width] blocks of at most {width} columns in all")
+    return raw
 
 
 def _candidate_layers(meta: Mapping[str, str], where: Path, num_layers: int) -> dict[int, list[int]]:

@@ -7,6 +7,7 @@ all. evaluate draws its control with :func:`random_control` too.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from tnedit.checkpoint import is_hub_id, open_checkpoint
+from tnedit.edit.spec import check_neurons
 from tnedit.errors import InputError, NeuronSetError
+from tnedit.experts import NeuronSpace, expert_label
 from tnedit.formats.layers import format_layers
 from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet
 from tnedit.identify.outputs import check_output_json, read_neurons, save_neuron_set
@@ -94,12 +97,18 @@ def random_control(
     layers: Sequence[int] | None = None,
     k: int | None = None,
     match_layers: bool = False,
+    space: NeuronSpace | None = None,
 ) -> NeuronSet:
     """k random neurons from the candidate layers of ``like``, excluding ``like``'s neurons, seeded.
 
     Candidate layers: ``layers`` if given, else ``like.method.layers``, else the layers ``like``
     uses. ``match_layers=True`` draws the same number per layer as ``like`` instead of uniformly.
+    For a mixture-of-experts model (``space``) the control draws, for each expert of each layer, as
+    many of that expert's neurons as ``like`` has there: a routed expert's neurons act only on the
+    tokens routed to it, so only the same experts make a like-for-like control.
     """
+    if space is not None and space.moe:
+        return _expert_control(like, space, seed)
     layers = _control_layers(like, layers)
     if not layers:
         raise NeuronSetError("random control: the reference set has no neurons and no candidate layers")
@@ -117,6 +126,34 @@ def random_control(
     picked.sort()
     method = _control_method(like, layers, len(picked), seed, match_layers)
     return NeuronSet(neurons=[Neuron(a, b) for a, b in picked], model=like.model, method=method)
+
+
+def _expert_control(like: NeuronSet, space: NeuronSpace, seed: int) -> NeuronSet:
+    check_neurons(like.neurons, space, "--like")
+    rng = np.random.default_rng(seed)
+    excluded = like.keys()
+    wanted = Counter((n.layer, n.expert) for n in like.neurons)
+    picked: list[Neuron] = []
+    for (layer, expert), count in sorted(wanted.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        block = space.block(layer, expert)
+        width = block.width if block is not None else 0
+        free = np.array([i for i in range(width) if Neuron(layer, i, expert=expert).key not in excluded])
+        if count > free.size:
+            raise NeuronSetError(f"random control: layer {layer} {expert_label(expert)} has only {free.size} free "
+                                 f"neurons, need {count}")
+        picked += [Neuron(layer, int(i), expert=expert) for i in sorted(rng.choice(free, size=count, replace=False))]
+    layers = sorted({n.layer for n in like.neurons})
+    method = _control_method(like, layers, len(picked), seed, match_layers=True)
+    return NeuronSet(neurons=picked, model=like.model, method=method)
+
+
+def model_space(model: str) -> NeuronSpace | None:
+    """A local mixture-of-experts checkpoint's neuron space (from its config), else None."""
+    local = Path(model).expanduser()
+    if local.exists() or not is_hub_id(str(model)):
+        checkpoint = open_checkpoint(local)
+        return checkpoint.neuron_space if checkpoint.neuron_space.moe else None
+    return None
 
 
 def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | None, int, int]:
@@ -165,7 +202,12 @@ def run_random_control(settings: IdentifySettings, *, reporter: Reporter | None 
     check_output_json(out, overwrite=settings.overwrite, inputs=[like], model=model)
     reference = read_neurons(like, "--like")
     info, num_layers, width = model_shape(model, reference)
-    control = random_control(reference, num_layers, width, settings.seed, match_layers=settings.match_layers)
+    space = model_space(model) if info is not None else None
+    if space is None and reference.has_experts:
+        raise NeuronSetError(f"{like}: the set names experts; --control random needs the mixture-of-experts model "
+                             "as a local directory to read its experts from")
+    control = random_control(reference, num_layers, width, settings.seed, match_layers=settings.match_layers,
+                             space=space)
     if info is not None:
         control.model = info if reference.model is None else reference.model
     if reference.model is not None and info is not None and reference.model.fingerprint != info.fingerprint:

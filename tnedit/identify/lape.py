@@ -33,23 +33,34 @@ from tnedit.versions import __version__
 
 
 class ActivationCounter:
-    """Hooks counting, per neuron, the real tokens where the act module's output is > 0."""
+    """Hooks counting, per neuron, the real tokens where the act module's output is > 0.
+
+    In a mixture-of-experts model a neuron is active where its activation ``a_i`` is > 0 on a token
+    routed to its expert, and ``routed[layer]`` counts, per neuron, the real tokens routed to its
+    expert (every token for shared experts and dense layers): the denominator of its probability.
+    """
 
     def __init__(self, lm: LoadedModel, layers: Sequence[int]):
+        self.lm = lm
         self.layers = list(layers)
-        self.counts = {
-            layer: torch.zeros(lm.intermediate_size, dtype=torch.float64,
-                               device=stat_device(lm.out_proj(layer).weight.device))
-            for layer in self.layers
-        }
+        self.counts = self._zeros()
+        self.routed = self._zeros() if lm.is_moe else None
         self.valid: torch.Tensor | None = None  # (B, T) tokens to count, set before each forward pass
-        self.modules = [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
+        self.modules = [] if lm.is_moe else [lm.layer_module(layer, lm.arch.act) for layer in self.layers]
         if len({id(m) for m in self.modules}) != len(self.modules):
             raise InputError(f"{lm.arch.name}: the activation module '{lm.arch.act}' is shared between layers; "
                              "LAPE cannot tell the layers apart")
         self._hooks = HookSet()
 
+    def _zeros(self) -> dict[int, torch.Tensor]:
+        return {layer: torch.zeros(self.lm.intermediate_size, dtype=torch.float64,
+                                   device=stat_device(self.lm.layer_device(layer))) for layer in self.layers}
+
     def __enter__(self) -> ActivationCounter:
+        if self.lm.is_moe:
+            for layer in self.layers:
+                self.lm.watch_neurons(layer, self._hooks, self._count_routed(layer))
+            return self
         for layer, module in zip(self.layers, self.modules, strict=True):
             self._hooks.add_post(module, self._hook(layer))
         return self
@@ -67,6 +78,17 @@ class ActivationCounter:
 
         return hook
 
+    def _count_routed(self, layer: int) -> Any:
+        def consumer(columns: torch.Tensor, routed: torch.Tensor | None) -> None:
+            x = columns.reshape(-1, columns.shape[-1])
+            valid = self.valid.reshape(-1, 1).to(x.device)
+            routed = valid if routed is None else routed.reshape(x.shape) & valid
+            counts, denominators = self.counts[layer], self.routed[layer]
+            counts += ((x > 0) & routed).sum(0).to(counts.device, torch.float64)
+            denominators += routed.expand_as(x).sum(0).to(denominators.device, torch.float64)
+
+        return consumer
+
 
 @dataclass
 class ActivationCounts:
@@ -82,7 +104,8 @@ class ActivationCounts:
 def _count_language(lm: LoadedModel, rows: Sequence[str], layers: list[int], max_length: int, batch_size: int,
                     special: torch.Tensor, desc: str, reporter: Reporter,
                     world: World = SINGLE) -> tuple[dict[int, torch.Tensor], int, int]:
-    """(counts per layer, tokens counted, sentences truncated) of one language's sentences, every rank's added."""
+    """(activation probabilities per layer, tokens counted, sentences truncated) of one language's sentences,
+    every rank's counts added."""
     encoded = encode_texts(lm.tokenizer, rows, max_length)
     counter = ActivationCounter(lm, layers)
     n_tokens = 0
@@ -99,9 +122,14 @@ def _count_language(lm: LoadedModel, rows: Sequence[str], layers: list[int], max
                 n_tokens += int(valid.sum().item())
                 lm.base_model()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
             bar.update(world.step_batches(step, total))
-    sums = world.all_reduce({**{str(layer): counter.counts[layer] for layer in layers},
+    routed = {f"routed/{layer}": counter.routed[layer] for layer in layers} if counter.routed is not None else {}
+    sums = world.all_reduce({**{str(layer): counter.counts[layer] for layer in layers}, **routed,
                              "tokens": torch.tensor([n_tokens], dtype=torch.int64)})
-    return {layer: sums[str(layer)] for layer in layers}, int(sums["tokens"].item()), encoded.n_truncated
+    n_tokens = int(sums["tokens"].item())
+    # An expert's neurons are active on a share of the tokens routed to it; the others on a share of all.
+    probabilities = {layer: sums[str(layer)] / (sums[f"routed/{layer}"].clamp_min(1.0) if routed else max(n_tokens, 1))
+                     for layer in layers}
+    return probabilities, n_tokens, encoded.n_truncated
 
 
 def activation_probabilities(
@@ -118,7 +146,9 @@ def activation_probabilities(
     """LAPE activation probabilities ``P[layer, neuron, language]`` over ALL tokens of each text.
 
     A neuron is active on a token when the registry's ``act`` module outputs > 0 (the gate
-    ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs). Padding and,
+    ``act(W_gate x)`` for gated MLPs, the post-activation hidden unit for plain MLPs); a
+    mixture-of-experts neuron when its activation is > 0 on a token routed to its expert, and its
+    probability is over the tokens routed to that expert. Padding and,
     with ``exclude_special``, special tokens (BOS) are not counted. Sentences are cut to
     ``max_length`` tokens (default: the model's context, capped; see
     :func:`tnedit.model.loading.resolve_max_length`). No progress bar unless a ``reporter`` is given.
@@ -131,13 +161,13 @@ def activation_probabilities(
     special = torch.tensor(special_ids, dtype=torch.long)
     counts = ActivationCounts(np.zeros((len(layers), lm.intermediate_size, len(texts))), {}, {}, max_length)
     for j, (lang, rows) in enumerate(texts.items()):
-        layer_counts, n_tokens, truncated = _count_language(lm, rows, layers, max_length, batch_size, special,
+        layer_probs, n_tokens, truncated = _count_language(lm, rows, layers, max_length, batch_size, special,
                                                             f"{lang}:lape", reporter, world)
         counts.truncated[lang] = truncated
         if n_tokens == 0:
             raise CorpusError(f"LAPE: the '{lang}' sentences have no countable tokens")
         counts.tokens[lang] = n_tokens
-        counts.probs[:, :, j] = torch.stack([layer_counts[layer].cpu() for layer in layers]).numpy() / n_tokens
+        counts.probs[:, :, j] = torch.stack([layer_probs[layer].cpu() for layer in layers]).numpy()
     return counts
 
 
@@ -240,6 +270,10 @@ def run_lape(
     selection = select_language_specific(counts.probs, languages, layers, top_rate=settings.top_rate,
                                          filter_rate=settings.filter_rate, bar_rate=settings.bar_rate)
     info = lm.model_info()
+    if lm.is_moe:  # columns to (layer, expert, index)
+        space = lm.neuron_space
+        selection.neurons = {lang: [space.neuron(n.layer, n.index, n.score) for n in neurons]
+                             for lang, neurons in selection.neurons.items()}
     sets = {lang: NeuronSet(neurons=selection.neurons[lang], model=info,
                             method=_lape_method(settings, lm, corpus, layers, selection, counts, lang))
             for lang in languages}

@@ -80,7 +80,7 @@ def stack(values: list[torch.Tensor]) -> np.ndarray:
 def _zeros(lm: LoadedModel, layers: Sequence[int], width: int) -> list[torch.Tensor]:
     out = []
     for layer in layers:
-        device = stat_device(lm.out_proj(layer).weight.device)
+        device = stat_device(lm.layer_device(layer))
         out.append(torch.zeros(width, dtype=torch.float64, device=device))
     return out
 
@@ -283,5 +283,13 @@ def score_neurons(
     for t, arr in p.means().items():
         full = np.full((lm.num_layers, lm.intermediate_size), np.nan)
         full[layers] = arr
-        out[t] = full
+        out[t] = mask_padding(lm, full)
     return out
+
+
+def mask_padding(lm: LoadedModel, scores: np.ndarray) -> np.ndarray:
+    """NaN in the columns past an MoE model's narrower layers (they hold no neuron)."""
+    if lm.is_moe:
+        for layer, width in enumerate(lm.neuron_space.padding()):
+            scores[layer, width:] = np.nan
+    return scores

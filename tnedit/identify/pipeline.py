@@ -23,7 +23,7 @@ from tnedit.formats.digest import sha256_texts
 from tnedit.formats.neurons import DEFAULT_CENTROIDS, ModelInfo, NeuronSet
 from tnedit.formats.scores import ScoresFile
 from tnedit.identify.outputs import save_neuron_set, save_scores_file
-from tnedit.identify.passes import CentroidPass, RunningSums, ScorePass, last_layer_norm, stack
+from tnedit.identify.passes import CentroidPass, RunningSums, ScorePass, last_layer_norm, mask_padding, stack
 from tnedit.identify.plan import Corpus, IdentifyPlan, resolve_plan
 from tnedit.identify.resume import BatchCallback, Runner, open_resume_store
 from tnedit.identify.selection import select_from_scores
@@ -83,6 +83,7 @@ class IdentifyResult:
                 "k": len(neurons),
                 "layers": self.candidate_layers[t],
                 "per_layer": {str(k): v for k, v in neurons.per_layer_counts().items()},
+                **({"per_expert": neurons.per_expert_counts()} if neurons.has_experts else {}),
                 "eta2_share": extra.get("eta2_share"),
                 "file": str(self.set_files[(language, t)]) if (language, t) in self.set_files else None,
             })
@@ -135,7 +136,8 @@ class Measurements:
             centroids[1] = (stack(en_sums.h) / en_sums.n + centroids[2]) / 2.0
         score_pass = ScorePass(self.lm, language, l2, all_layers, centroids)
         self.truncated[f"{language}:scores"] = sum(self.runner.run(score_pass))
-        return LanguageStats(language, len(l2), score_pass.means(), centroids, self._eta2(l2_sums, en_sums),
+        scores = {t: mask_padding(self.lm, values) for t, values in score_pass.means().items()}
+        return LanguageStats(language, len(l2), scores, centroids, self._eta2(l2_sums, en_sums),
                              en_sums.n if en_sums is not None else 0, l2_sums.n,
                              en_sums.mean_abs() if en_sums is not None else None)
 
@@ -197,7 +199,8 @@ def _select_and_write(result: IdentifyResult, plan: IdentifyPlan, stats: Languag
     """Rank one language's neurons for every requested type; write its scores file and neuron sets to ``out_dir``."""
     file_layers = {t: plan.file_layers[t] for t in stats.scores}
     scores = ScoresFile(stats.language, stats.scores, stats.eta2, result.model, file_layers, method, stats.n_en,
-                        stats.n_l2, mean_abs_activation=stats.mean_abs_activation)
+                        stats.n_l2, mean_abs_activation=stats.mean_abs_activation,
+                        neuron_columns=plan.lm.neuron_space.columns() if plan.lm.is_moe else None)
     if out_dir is not None:
         scores.path = save_scores_file(scores, out_dir / f"scores-{stats.language}.safetensors")
         result.files.append(scores.path)

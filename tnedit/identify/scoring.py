@@ -69,9 +69,8 @@ class LayerScorer:
     """
 
     def __init__(self, lm: LoadedModel, layer: int, centroids: Mapping[int, torch.Tensor]):
-        weight = lm.out_proj(layer).weight.detach()
-        self.v = weight if lm.arch.layout == "linear" else weight.t()  # (d, m): column i is v_i
-        self.device = stat_device(weight.device)
+        self.v = lm.neuron_weights(layer)  # (d, m): column i is v_i (an MoE layer's experts side by side)
+        self.device = stat_device(self.v.device)
         self.c = {t: c.to(self.device, torch.float64) for t, c in centroids.items()}
         self.c_norm = {t: c.norm() for t, c in self.c.items()}
         self.out_norm = lm.arch.out_norm is not None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tnedit.errors import InputError
+from tnedit.experts import NeuronSpace, space_from_columns
 from tnedit.formats.layers import format_layers, parse_layers
 from tnedit.formats.neurons import CENTROID_SOURCES, DEFAULT_CENTROIDS, Method, Neuron, NeuronSet
 from tnedit.formats.scores import MEAN_ABS, ScoresFile
@@ -95,6 +96,11 @@ def select_top(scores: np.ndarray | torch.Tensor, layers: Sequence[int], k: int,
     return [Neuron(layers[i // m], int(i % m), score=float(flat[i])) for i in order]
 
 
+def padding_mask(space: NeuronSpace, width: int) -> np.ndarray:
+    """``[layers, width]``, True past each layer's neurons (an MoE model's narrower layers)."""
+    return np.arange(width)[None, :] >= np.asarray(space.padding())[:, None]
+
+
 def cap_k(k: int, n_candidates: int, what: str, reporter: Reporter) -> int:
     """``k`` itself, or every candidate (with a warning) when there are fewer than ``k``."""
     if k < 1:
@@ -130,6 +136,9 @@ def select_from_scores(
     if candidates is None:
         candidates = scores.candidate_layers.get(neuron_type) or default_layers(neuron_type, num_layers)
     scores32 = scores.scores[neuron_type].astype(np.float32)
+    space = space_from_columns(scores.neuron_columns) if scores.neuron_columns is not None else None
+    if space is not None:  # an MoE model's padding columns hold no neuron
+        excluded = padding_mask(space, scores32.shape[1]) | (False if excluded is None else excluded)
     n_candidates = len(candidates) * scores32.shape[1]
     if excluded is not None:
         n_candidates -= int(excluded[candidates].sum())
@@ -143,6 +152,10 @@ def select_from_scores(
     if scores.eta2 is not None and scores.n_en and scores.n_l2:
         extra.update(eta2_summary(neurons, scores.eta2, scores.n_en + scores.n_l2))
     extra.update(_massive_extra(scores, neurons, exclude_massive, excluded, candidates))
+    if space is not None:  # columns to (layer, expert, index)
+        neurons = [space.neuron(n.layer, n.index, n.score) for n in neurons]
+        if "massive" in extra:
+            extra["massive"]["neurons"] = [list(space.neuron(*pair).key) for pair in extra["massive"]["neurons"]]
     method = _transfer_method(scores, neuron_type, candidates, len(neurons), extra)
     return NeuronSet(neurons=neurons, model=scores.model, method=method)
 

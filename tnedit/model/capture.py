@@ -71,9 +71,9 @@ class LastTokenCapture:
         if "h" in self.want:
             hooks.add_post(module, self._store_output("h", layer))
         if "a" in self.want:
-            hooks.add_pre(lm.out_proj(layer), self._store_input("a", layer))
+            lm.watch_neurons(layer, hooks, self._store_columns(layer))
         if "abs_sum" in self.want:
-            hooks.add_pre(lm.out_proj(layer), self._store_abs_sum(layer))
+            lm.watch_neurons(layer, hooks, self._store_abs_sum(layer))
         if "r" in self.want:
             kind, name = arch.residual_rule(lm.config)
             if kind == "input_of":
@@ -97,16 +97,22 @@ class LastTokenCapture:
 
         return hook
 
+    def _store_columns(self, layer: int) -> Any:
+        def consumer(x: torch.Tensor, _routed: torch.Tensor | None) -> None:
+            self.states.a[layer] = gather_last(x, self._last)
+
+        return consumer
+
     def _store_abs_sum(self, layer: int) -> Any:
-        def hook(_module: Any, args: Any) -> None:
+        def consumer(columns: torch.Tensor, _routed: torch.Tensor | None) -> None:
             real = self._mask.bool()
-            x = token_view(_first(args), real.shape[0])
+            x = token_view(columns, real.shape[0])
             device = stat_device(x.device)
             real = real.to(x.device)
             rows = [x[b][real[b]].to(device, torch.float64).abs().sum(0) for b in range(x.shape[0])]
             self.states.abs_sum[layer] = torch.stack(rows)  # row by row: no (B, T, m) float64 copy
 
-        return hook
+        return consumer
 
     def _keep_layer_input(self, layer: int) -> Any:
         def hook(_module: Any, args: Any, kwargs: Any) -> None:

@@ -24,6 +24,10 @@ class HookSet:
         """``hook(module, args, output)`` after ``module`` runs; a non-None return replaces the output."""
         self._handles.append(module.register_forward_hook(hook))
 
+    def add_callback(self, remove: Callable[[], Any]) -> None:
+        """Something else to undo with the hooks (tnedit's experts listeners and edits)."""
+        self._handles.append(_Undo(remove))
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -37,3 +41,8 @@ class HookSet:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+class _Undo:
+    def __init__(self, remove: Callable[[], Any]):
+        self.remove = remove

@@ -21,6 +21,8 @@ from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
 from tnedit.formats.neurons import ModelInfo, fingerprint
 from tnedit.model.distributed import current_world, device_map_memory
+from tnedit.model.experts import Consumer, neuron_weights, watch_neurons
+from tnedit.model.hooks import HookSet
 
 DTYPES = {
     "float32": torch.float32,
@@ -103,6 +105,22 @@ class LoadedModel(ConfigShape):
     def out_proj(self, layer: int) -> Any:
         return self.layer_module(layer, self.arch.out_proj)
 
+    def layer_device(self, layer: int) -> torch.device:
+        """Where layer ``layer``'s weights live (its statistics are summed there)."""
+        return next(self.layers[layer].parameters()).device
+
+    @property
+    def is_moe(self) -> bool:
+        return self.arch.experts is not None
+
+    def watch_neurons(self, layer: int, hooks: HookSet, consumer: Consumer) -> None:
+        """``consumer(columns, routed)`` at each forward pass: the layer's neuron columns (tnedit.model.experts)."""
+        watch_neurons(self.model, self.layers, self.arch, self.config, layer, hooks, consumer)
+
+    def neuron_weights(self, layer: int) -> torch.Tensor:
+        """``(hidden, width)``: the write vector of each of the layer's neuron columns."""
+        return neuron_weights(self.layers[layer], self.arch, self.neuron_space, layer)
+
     @property
     def context_length(self) -> int | None:
         """Positions the model can read (see CONTEXT_LENGTH_KEYS); None when the config does not say (ALiBi)."""
@@ -112,7 +130,8 @@ class LoadedModel(ConfigShape):
         """The checkpoint's fingerprint, from its files (the loaded dtype may differ); shape-only without files."""
         if self.path is not None:
             return open_checkpoint(self.path).fingerprint()
-        shapes = [(i, self.arch.out_proj_weight, tuple(self.out_proj(i).weight.shape)) for i in range(len(self.layers))]
+        shape = (lambda i: self.neuron_weights(i).shape) if self.is_moe else (lambda i: self.out_proj(i).weight.shape)
+        shapes = [(i, self.arch.out_proj_weight, tuple(shape(i))) for i in range(len(self.layers))]
         return fingerprint(self.config["model_type"], shapes)
 
     def model_info(self) -> ModelInfo:

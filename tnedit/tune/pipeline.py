@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tnedit.errors import TuneError
+from tnedit.errors import TuneError, UnsupportedArchitectureError
 from tnedit.formats.outputs import check_output_file
 from tnedit.identify.pipeline import run_identify
 from tnedit.identify.settings import IdentifySettings, default_layers
@@ -177,6 +177,9 @@ def run_tune(settings: TuneSettings, *, lm: LoadedModel | None = None, reporter:
         check_output_file(out_dir / name, overwrite=True, inputs=[d for d in settings.data if not d.startswith("hf:")])
     if lm is None:
         lm = load_model(settings.model, revision=settings.revision, dtype=settings.dtype, device=settings.device)
+    if lm.is_moe:  # its probe masks dense output-projection inputs; experts need per-expert masks first
+        raise UnsupportedArchitectureError(f"{settings.model}: tune does not support mixture-of-experts models "
+                                           f"({lm.arch.name}) yet; identify, apply and evaluate do")
     max_length = resolve_max_length(lm, settings.max_length)
     store = TuneStore(out_dir, _resume_key(settings, lm, data, max_length))
     state = store.open(settings.resume, reporter)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tnedit.errors import InputError, NeuronSetError
-from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet, centroids_text, neuron_set_from_dict
+from tnedit.formats.descriptions import centroids_text
+from tnedit.formats.neurons import Method, ModelInfo, Neuron, NeuronSet, neuron_set_from_dict
 from tnedit.formats.scores import ScoresFile
 from tnedit.identify.selection import select_from_scores
 
