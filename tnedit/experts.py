@@ -136,22 +136,6 @@ class NeuronSpace:
                 f"({block.width} neurons: 0..{block.width - 1})"
             )
 
-    def _mismatch(self, layer: int, expert: ExpertTag) -> str:
-        if expert is None:
-            kinds = ", ".join(expert_label(b.expert) for b in self.layers[layer] if b.expert is not None)
-            return (f"layer {layer} is a mixture-of-experts layer: each of its neurons needs an 'expert' key "
-                    f"(a routed expert's number or \"shared\"; the layer has {_short(kinds)})")
-        if not self.is_moe_layer(layer):
-            return f"layer {layer} is a dense MLP layer: its neurons take no 'expert' key (got {expert!r})"
-        routed = sum(isinstance(b.expert, int) for b in self.layers[layer])
-        shared = ' and "shared"' if self.block(layer, SHARED) else ""
-        return f"layer {layer} has no expert {expert!r} (routed experts 0..{routed - 1}{shared})"
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit].rsplit(",", 1)[0] + ", …"
-
-
     def columns(self) -> list[list[list[Any]]]:
         """Per layer, ``[expert, width]`` of each block in column order: what a scores file records."""
         return [[[b.expert, b.width] for b in blocks] for blocks in self.layers]
@@ -166,6 +150,21 @@ def _short(text: str, limit: int = 60) -> str:
             return Neuron(layer, column, score=score)
         expert, index = self.neuron_at(layer, column)
         return Neuron(layer, index, score=score, expert=expert)
+
+    def _mismatch(self, layer: int, expert: ExpertTag) -> str:
+        if expert is None:
+            kinds = ", ".join(expert_label(b.expert) for b in self.layers[layer] if b.expert is not None)
+            return (f"layer {layer} is a mixture-of-experts layer: each of its neurons needs an 'expert' key "
+                    f"(a routed expert's number or \"shared\"; the layer has {_short(kinds)})")
+        if not self.is_moe_layer(layer):
+            return f"layer {layer} is a dense MLP layer: its neurons take no 'expert' key (got {expert!r})"
+        routed = sum(isinstance(b.expert, int) for b in self.layers[layer])
+        shared = ' and "shared"' if self.block(layer, SHARED) else ""
+        return f"layer {layer} has no expert {expert!r} (routed experts 0..{routed - 1}{shared})"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(",", 1)[0] + ", …"
 
 
 def space_from_columns(columns: list[list[list[Any]]]) -> NeuronSpace:

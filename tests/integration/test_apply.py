@@ -492,7 +492,8 @@ def test_error_malformed_neurons_file(content, suffix, needle, tmp_path, capsys,
 
 
 def test_error_unknown_and_moe_types(tmp_path, capsys, tiny):
-    for model_type, needle in [("mamba", "supported types: "), ("mixtral", "not supported yet")]:
+    unknown_moe = "'jamba' is a mixture-of-experts variant tnedit does not know"
+    for model_type, needle in [("mamba", "supported types: "), ("jamba", unknown_moe)]:
         cfg = json.loads((tiny / "config.json").read_text())
         cfg["model_type"] = model_type
         (tiny / "config.json").write_text(json.dumps(cfg))

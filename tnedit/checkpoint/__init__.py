@@ -6,6 +6,7 @@ byte ranges, so peak memory is about one tensor whatever the model size.
 - :mod:`~tnedit.checkpoint.files`: opening sources safely, exact reads, exclusive creation.
 - :mod:`~tnedit.checkpoint.safetensors`: headers (checked as safetensors checks them), single tensors.
 - :mod:`~tnedit.checkpoint.streaming`: copies with patched tensors, plain copies (reflinks), SHA-256 of files.
+- :mod:`~tnedit.checkpoint.targets`: which tensor (and which slice of a fused experts tensor) holds each projection.
 - :mod:`~tnedit.checkpoint.digests`: the digest cache outside the checkpoint (the racy-clean rule).
 - :mod:`~tnedit.checkpoint.directory`: :class:`Checkpoint`, :func:`open_checkpoint`, source resolution.
 - :mod:`~tnedit.checkpoint.verify`: whether an edited checkpoint's weights are the recorded ones.
@@ -61,6 +62,7 @@ from tnedit.checkpoint.streaming import (
     sha256_file,
     sha256_files,
 )
+from tnedit.checkpoint.targets import Projection, ProjectionMap, Target, view_shape
 from tnedit.checkpoint.verify import missing_weights, weights_problem
 
 __all__ = [
@@ -76,10 +78,13 @@ __all__ = [
     "QUANT_SUFFIXES",
     "SKIP_DIRS",
     "TIMESTAMP_GRANULARITY_NS",
+    "Target",
     "Checkpoint",
     "CopyResult",
     "DigestCache",
     "FileIdentity",
+    "Projection",
+    "ProjectionMap",
     "ResolvedSource",
     "SafetensorsHeader",
     "TensorInfo",
@@ -107,6 +112,7 @@ __all__ = [
     "resolve_source",
     "sha256_file",
     "sha256_files",
+    "view_shape",
     "weights_problem",
     "write_safetensors",
     "writing",

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,17 @@ from tnedit.checkpoint.safetensors import (
     read_header,
     short_repr,
 )
+from tnedit.checkpoint.targets import (
+    Projection,
+    ProjectionMap,
+    Target,
+    dense_projections,
+    expert_quantization_error,
+    expert_storage_error,
+    moe_projections,
+)
 from tnedit.errors import CheckpointError, TneditError, UnsupportedArchitectureError
+from tnedit.experts import ExpertTag
 from tnedit.formats.neurons import LEGACY_FINGERPRINT_PREFIX, fingerprint
 from tnedit.formats.outputs import contained_name
 from tnedit.formats.provenance import REVERT_NAME
@@ -134,7 +145,37 @@ class Checkpoint(ConfigShape):
     def tensor(self, name: str) -> TensorInfo:
         return self.headers[self.tensor_file[name]].tensors[name]
 
+    @cached_property
+    def projections(self) -> ProjectionMap:
+        """Every (layer, expert) output projection: its tensor, the shape config.json implies, its neuron axis.
+
+        A dense model has one per layer (expert None). CheckpointError when a mixture-of-experts layer has
+        neither expert layout (see :mod:`tnedit.checkpoint.targets`).
+        """
+        try:
+            hidden, space = self.hidden_size, self.neuron_space
+        except UnknownArchitecture as exc:
+            raise CheckpointError(f"{self.path / 'config.json'}: {exc}") from None
+        if self.arch.experts is None:
+            return dense_projections(self.layer_prefix, self.arch, space.num_layers, hidden, space.width)
+        return moe_projections(self.tensor_file, self.layer_prefix, self.arch, space, hidden, self.path)
+
+    def target(self, layer: int, expert: ExpertTag = None) -> Target:
+        """Where the neurons of one (layer, expert) projection are: a tensor and, in a fused one, the expert's rows."""
+        return self.projections[(layer, expert)].target(expert)
+
+    def projection_named(self, name: str) -> Projection | None:
+        """The :class:`~tnedit.checkpoint.targets.Projection` stored as tensor ``name``, None for any other tensor."""
+        return self._projections_by_name.get(name)
+
+    @cached_property
+    def _projections_by_name(self) -> dict[str, Projection]:
+        return {p.name: p for p in self.projections.values()}
+
     def _projection_shapes(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        if self.arch.experts is not None:  # as a loaded model's shape-only fingerprint: (hidden, width) per layer
+            return [(layer, self.arch.out_proj_weight, (self.hidden_size, self.intermediate_size))
+                    for layer in range(self.num_layers)]
         return [
             (layer, self.arch.out_proj_weight, self.tensor(self.out_proj_name(layer)).shape)
             for layer in range(self.num_layers)
@@ -143,8 +184,9 @@ class Checkpoint(ConfigShape):
     def fingerprint(self) -> str:
         """Names, shapes and a content sample of the decoder weights that no edit touches.
 
-        Edits only change output projections, so an edited checkpoint keeps its source's
-        fingerprint, while another model of the same shapes (a fine-tune) gets its own.
+        Edits only change output projections (every expert's, for a mixture-of-experts model), so an
+        edited checkpoint keeps its source's fingerprint, while another model of the same shapes (a
+        fine-tune) gets its own.
         """
         return fingerprint(self.model_type, self._projection_shapes(), self.content_sample_sha256())
 
@@ -154,7 +196,10 @@ class Checkpoint(ConfigShape):
 
     def content_sample_sha256(self) -> str:
         """SHA-256 over the first CONTENT_SAMPLE bytes of every decoder tensor but the output projections."""
-        out_projs = {self.out_proj_name(layer) for layer in range(self.num_layers)}
+        if self.arch.experts is None:
+            out_projs = {self.out_proj_name(layer) for layer in range(self.num_layers)}
+        else:
+            out_projs = {p.name for p in self.projections.values()}
         prefix = self.layer_prefix + "."
         names = sorted(n for n in self.tensor_file if n.startswith(prefix) and n not in out_projs)
         sha = hashlib.sha256()
@@ -217,6 +262,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     tensor_file = {name: f for f, header in headers.items() for name in header.tensors}
     if weight_map is not None:
         _check_index(root, headers, tensor_file, weight_map)
+    if arch.experts is not None:
+        expert_storage_error(root, {n: headers[f].tensors[n] for n, f in tensor_file.items()})
     quantized = [n for n in tensor_file if n.rsplit(".", 1)[-1] in QUANT_SUFFIXES]
     if quantized:
         raise CheckpointError(
@@ -231,6 +278,7 @@ def _quantization_error(path: Path, config: Mapping[str, Any]) -> None:
     qc = config_value(config, "quantization_config")
     if qc:
         method = qc.get("quant_method", "unknown") if isinstance(qc, Mapping) else "unknown"
+        expert_quantization_error(path, config, method)
         raise CheckpointError(
             f"{path}: quantized checkpoint ({method}); tnedit edits float weights only — "
             "use the unquantized model and quantize after editing"
@@ -310,6 +358,9 @@ def _check_out_proj(ckpt: Checkpoint) -> None:
             raise CheckpointError(
                 f"{ckpt.path / 'config.json'}: the {what} must be a positive integer, got {short_repr(value)}"
             )
+    if ckpt.arch.experts is not None:
+        _check_expert_projections(ckpt)
+        return
     expected = (hidden, inter) if ckpt.arch.layout == "linear" else (inter, hidden)
     for layer in range(layers):
         name = ckpt.out_proj_name(layer)
@@ -321,4 +372,24 @@ def _check_out_proj(ckpt: Checkpoint) -> None:
         if info.shape != expected:
             raise CheckpointError(
                 f"{ckpt.path}: '{name}' has shape {list(info.shape)}, expected {list(expected)} from config.json"
+            )
+
+
+def _check_expert_projections(ckpt: Checkpoint) -> None:
+    """Every projection a mixture-of-experts config implies, present, float and of the implied shape."""
+    seen: set[str] = set()
+    for (layer, _), projection in sorted(ckpt.projections.items(), key=lambda kv: kv[0][0]):
+        name = projection.name
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in ckpt.tensor_file:
+            raise CheckpointError(f"{ckpt.path}: tensor '{name}' is missing (config.json implies it for layer {layer})")
+        info = ckpt.tensor(name)
+        if info.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{ckpt.path}: '{name}' has dtype {info.dtype}; quantized weights are not supported")
+        if info.shape != projection.shape:
+            expected = list(projection.shape)
+            raise CheckpointError(
+                f"{ckpt.path}: '{name}' has shape {list(info.shape)}, expected {expected} from config.json"
             )

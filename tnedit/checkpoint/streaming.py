@@ -33,6 +33,7 @@ from tnedit.checkpoint.files import (
     writing,
 )
 from tnedit.checkpoint.safetensors import SafetensorsHeader, TensorInfo
+from tnedit.checkpoint.targets import view_shape
 from tnedit.errors import CheckpointError
 from tnedit.formats.provenance import is_sha256
 
@@ -51,7 +52,7 @@ FICLONE = 0x40049409
 # What FICLONE answers where blocks cannot be shared (ext4, tmpfs, another filesystem, an old kernel).
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
 
-# Patches a block of whole rows [row0, row1) of a 2-D tensor in place.
+# Patches a block of whole rows [row0, row1) of a tensor's 2-D view (targets.view_shape) in place.
 TensorPatch = Callable[[TensorInfo, memoryview, int, int], None]
 
 
@@ -287,10 +288,15 @@ def copy_with_patches(
 
 
 def _rows_per_block(info: TensorInfo) -> tuple[int, int]:
-    """Rows per block and the block's bytes: about CHUNK, never less than one row."""
-    if len(info.shape) != 2:
-        raise CheckpointError(f"tensor '{info.name}' has shape {list(info.shape)}; only 2-D tensors can be patched")
-    row_bytes = info.nbytes // max(info.shape[0], 1)
+    """Rows of the 2-D view per block and the block's bytes: about CHUNK, never less than one row.
+
+    A fused experts tensor (3-D) streams as its view ``[prod(shape[:-1]), shape[-1]]``.
+    """
+    if len(info.shape) < 2:
+        raise CheckpointError(
+            f"tensor '{info.name}' has shape {list(info.shape)}; only tensors of 2 or more dimensions can be patched"
+        )
+    row_bytes = info.nbytes // max(view_shape(info.shape)[0], 1)
     rows = max(1, CHUNK // max(row_bytes, 1))
     return rows, rows * row_bytes
 
@@ -307,10 +313,11 @@ def _patch_tensor(
 ) -> None:
     """Stream one tensor through ``patch`` in row blocks, so memory is one block, not one tensor."""
     rows, _ = _rows_per_block(info)
-    row_bytes = info.nbytes // max(info.shape[0], 1)
-    for row0 in range(0, info.shape[0], rows):
+    total = view_shape(info.shape)[0]
+    row_bytes = info.nbytes // max(total, 1)
+    for row0 in range(0, total, rows):
         check_cancel(cancel)
-        row1 = min(row0 + rows, info.shape[0])
+        row1 = min(row0 + rows, total)
         offset, length = info.begin + row0 * row_bytes, (row1 - row0) * row_bytes
         block = memoryview(scratch)[:length]
         read_exact(fi.fileno(), block, offset, fi.name)

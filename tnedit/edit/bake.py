@@ -1,8 +1,10 @@
 """Bake an edit into a new checkpoint directory, streaming one tensor at a time.
 
 Every other file is copied byte for byte; ``tnedit.json`` (the typed :class:`Provenance`), the revert
-file with the original slices and a model card are written beside the weights, and OUT appears only
-complete.
+file with the original slices (its keys: :mod:`tnedit.edit.revert`) and a model card are written beside
+the weights, and OUT appears only complete. A mixture-of-experts edit lands where the checkpoint keeps
+each expert (:mod:`tnedit.checkpoint.targets`): a per-expert weight's columns, or one expert's rows of a
+fused 3-D tensor.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import datetime
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tnedit.architectures import hidden_size, neuron_axis
+from tnedit.architectures import hidden_size
 from tnedit.checkpoint import (
     Checkpoint,
     DigestCache,
     ResolvedSource,
+    Target,
     TensorInfo,
     copy_plain,
     copy_with_patches,
@@ -30,6 +33,7 @@ from tnedit.checkpoint import (
     open_checkpoint,
     open_digest_cache,
     resolve_source,
+    view_shape,
     write_safetensors,
 )
 from tnedit.edit.numeric import patch_slices, restore_slices, storage_view
@@ -38,7 +42,7 @@ from tnedit.edit.spec import EditSpec, LayerEdit, check_fingerprint, check_neuro
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
 from tnedit.errors import CheckpointError
 from tnedit.formats import card
-from tnedit.formats.neurons import NeuronSet, method_dict
+from tnedit.formats.neurons import Neuron, NeuronSet, method_dict
 from tnedit.formats.outputs import atomic_directory, check_output_dir
 from tnedit.formats.provenance import (
     CARD_NAME,
@@ -64,48 +68,94 @@ class ApplyResult:
     spec: EditSpec
 
 
+@dataclass
+class _Slices:
+    """One projection's neurons in a tensor: all of a 2-D weight, or one expert's slab of rows of a fused one."""
+
+    indices: np.ndarray  # neuron indices: columns (axis 1) or rows past rows[0] (axis 0)
+    factors: np.ndarray | None
+    restore_from: np.ndarray | None
+    rows: tuple[int, int] | None  # the slab's rows of the tensor's 2-D view; None = every row
+    where: str
+    parts: list[np.ndarray] = field(default_factory=list)
+
+
 class SlicePatch:
-    """Scales (or restores) the neuron slices of one output projection, one row block at a time.
+    """Scales (or restores) neuron slices of one tensor, one row block of its 2-D view at a time.
 
     Linear weights hold neuron i in column i, so every row block carries a piece of every neuron;
-    Conv1D weights hold it in row i, so a block carries the neurons whose rows it spans. The
-    original values are collected block by block, in index order, for the revert file.
+    Conv1D weights hold it in row i, so a block carries the neurons whose rows it spans. A fused
+    experts tensor carries several experts' slices (:meth:`add`), each limited to its expert's rows
+    (:class:`~tnedit.checkpoint.Target`). The original values are collected block by block, in
+    index order, for the revert file.
     """
 
     def __init__(
         self,
         axis: int,
+        indices: Sequence[int] | None = None,
+        factors: Sequence[float] | None = None,
+        original: np.ndarray | None = None,
+        where: str = "weights",
+        rows: tuple[int, int] | None = None,
+    ):
+        self.axis = axis
+        self.groups: list[_Slices] = []
+        if indices is not None:
+            self.add(indices, factors, original, where, rows)
+
+    def add(
+        self,
         indices: Sequence[int],
         factors: Sequence[float] | None = None,
         original: np.ndarray | None = None,
         where: str = "weights",
-    ):
-        self.axis = axis
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
-        self.restore_from = original
-        self.where = where
-        self._parts: list[np.ndarray] = []
+        rows: tuple[int, int] | None = None,
+    ) -> SlicePatch:
+        """One more projection's slices of the same tensor (another expert's rows)."""
+        f = None if factors is None else np.asarray(factors, dtype=np.float64)
+        self.groups.append(_Slices(np.asarray(indices, dtype=np.int64), f, original, rows, where))
+        return self
 
     def __call__(self, info: TensorInfo, block: memoryview, row0: int, row1: int) -> None:
-        weight = storage_view(block, info.dtype, (row1 - row0, info.shape[1]))
-        if self.axis == 1:
-            local, pick = self.indices, slice(row0, row1)
-        else:
-            chosen = (self.indices >= row0) & (self.indices < row1)
-            if not chosen.any():
-                return
-            local, pick = self.indices[chosen] - row0, chosen
-        if self.restore_from is not None:
-            restore_slices(weight, self.axis, local, self.restore_from[pick])
+        weight = storage_view(block, info.dtype, (row1 - row0, view_shape(info.shape)[1]))
+        for group in self.groups:
+            if self.axis == 1:
+                self._columns(group, info, weight, row0, row1)
+            else:
+                self._rows(group, info, weight, row0, row1)
+
+    def _columns(self, g: _Slices, info: TensorInfo, weight: np.ndarray, row0: int, row1: int) -> None:
+        first, end = (row0, row1) if g.rows is None else (max(row0, g.rows[0]), min(row1, g.rows[1]))
+        if first >= end:
             return
-        factors = self.factors if self.axis == 1 else self.factors[pick]
-        neurons = self.indices if self.axis == 1 else self.indices[pick]
-        where = f"{self.where} '{info.name}'"
-        self._parts.append(patch_slices(weight, info.dtype, self.axis, local, factors, where, neurons))
+        sub = weight[first - row0 : end - row0]  # a view: edits reach the block
+        if g.restore_from is not None:
+            base = 0 if g.rows is None else g.rows[0]
+            restore_slices(sub, 1, g.indices, g.restore_from[first - base : end - base])
+            return
+        where = f"{g.where} '{info.name}'"
+        g.parts.append(patch_slices(sub, info.dtype, 1, g.indices, g.factors, where, g.indices))
+
+    def _rows(self, g: _Slices, info: TensorInfo, weight: np.ndarray, row0: int, row1: int) -> None:
+        flat = g.indices + (0 if g.rows is None else g.rows[0])
+        chosen = (flat >= row0) & (flat < row1)
+        if not chosen.any():
+            return
+        local = flat[chosen] - row0
+        if g.restore_from is not None:
+            restore_slices(weight, 0, local, g.restore_from[chosen])
+            return
+        where = f"{g.where} '{info.name}'"
+        g.parts.append(patch_slices(weight, info.dtype, 0, local, g.factors[chosen], where, g.indices[chosen]))
+
+    def originals(self) -> list[np.ndarray]:
+        """The original slices of each group, in the order they were added."""
+        return [np.concatenate(g.parts, axis=0) for g in self.groups]
 
     def original(self) -> np.ndarray:
-        return np.concatenate(self._parts, axis=0)
+        """The original slices of a patch with one group (a whole 2-D weight)."""
+        return self.originals()[0]
 
 
 @dataclass
@@ -118,12 +168,27 @@ class _Written:
     source_card: str | None
 
 
-def _patches_by_file(ckpt: Checkpoint, spec: EditSpec) -> dict[str, dict[str, LayerEdit]]:
-    by_file: dict[str, dict[str, LayerEdit]] = defaultdict(dict)
+# Per weight file, per tensor: the projections edited in it (several experts of one fused tensor) and where.
+ByFile = dict[str, dict[str, list[tuple[LayerEdit, Target]]]]
+
+
+def _patches_by_file(ckpt: Checkpoint, spec: EditSpec) -> ByFile:
+    by_file: ByFile = defaultdict(lambda: defaultdict(list))
     for edit in spec.by_layer():
-        name = ckpt.out_proj_name(edit.layer)
-        by_file[ckpt.tensor_file[name]][name] = edit
+        target = ckpt.target(edit.layer, edit.expert)
+        by_file[ckpt.tensor_file[target.name]][target.name].append((edit, target))
     return by_file
+
+
+def _where(edit: LayerEdit) -> str:
+    return f"layer {edit.layer}" if edit.expert is None else f"layer {edit.layer} expert {edit.expert}"
+
+
+def _slice_patch(edits: list[tuple[LayerEdit, Target]]) -> SlicePatch:
+    patch = SlicePatch(edits[0][1].axis)
+    for edit, target in edits:
+        patch.add(edit.indices, edit.factors, where=_where(edit), rows=target.rows)
+    return patch
 
 
 def _protected_inputs(inputs: Iterable[str | Path], neuron_source: str | None) -> list[Path]:
@@ -150,7 +215,7 @@ def _open_source(source: str, spec: EditSpec, neuron_set: NeuronSet | None, neur
     resolved = resolve_source(source, revision=options.revision)
     ckpt = open_checkpoint(resolved.path)
     where = neuron_source or "neurons"
-    check_neuron_range(spec, ckpt.num_layers, ckpt.intermediate_size, where)
+    check_neuron_range(spec, ckpt.neuron_space, where)
     note = check_fingerprint(ckpt, neuron_set, where, options.force)
     if note:
         reporter.warn(note)
@@ -200,22 +265,21 @@ def _write_weight_files(
     src_dir: Path,
     out_dir: Path,
     ckpt: Checkpoint,
-    by_file: dict[str, dict[str, LayerEdit]],
+    by_file: ByFile,
     link: bool,
     cache: DigestCache,
     reporter: Reporter,
-) -> tuple[dict[str, WeightRecord], dict[str, np.ndarray]]:
+) -> tuple[dict[str, WeightRecord], dict[str, list[np.ndarray]]]:
     """Copy or patch every weight file, several at a time: hashing, not I/O, is what bounds apply.
 
     Each file records its output's SHA-256 and its source's (``source_sha256``), which revert
     checks its restored bytes against. A source's digest is read from a Hub blob's name or a trusted
     digest-cache entry where there is one (an untouched file is then only cloned or copied, an
     edited one hashes its output alone), else hashed alongside the copy and recorded in the cache.
-    Also returns the original slices of every edited tensor, for the revert file.
+    Also returns the original slices of every edited tensor (one array per projection), for the revert file.
     """
     cancel = threading.Event()
-    axis = neuron_axis(ckpt.arch)
-    originals: dict[str, np.ndarray] = {}
+    originals: dict[str, list[np.ndarray]] = {}
 
     def one(f: str) -> tuple[str, WeightRecord]:
         src, dst = src_dir / f, out_dir / f
@@ -227,9 +291,9 @@ def _write_weight_files(
             digest = copy_plain(src, dst, link=link, known_sha256=known, expected=header.identity, cancel=cancel)
             record = WeightRecord(digest, digest, [])
         else:
-            patches = {n: SlicePatch(axis, e.indices, e.factors, where=f"layer {e.layer}") for n, e in edits.items()}
+            patches = {name: _slice_patch(pairs) for name, pairs in edits.items()}
             result = copy_with_patches(src, dst, patches, header, hash_source=known is None, cancel=cancel)
-            originals.update({name: patch.original() for name, patch in patches.items()})
+            originals.update({name: patch.originals() for name, patch in patches.items()})
             record = WeightRecord(result.output_sha256, known or result.source_sha256, sorted(edits))
         if known is None:
             cache.record(src, header.identity, str(record.source_sha256), started)
@@ -240,19 +304,32 @@ def _write_weight_files(
     return {f: results[f] for f in ckpt.weight_files}, originals
 
 
+def revert_key(name: str, rows: tuple[int, int] | None) -> str:
+    """``NAME`` for a whole 2-D weight, ``NAME::rows=R0:R1`` for one expert's slab of a fused tensor."""
+    return name if rows is None else f"{name}::rows={rows[0]}:{rows[1]}"
+
+
 def _write_revert_file(
     path: Path,
     ckpt: Checkpoint,
-    by_file: dict[str, dict[str, LayerEdit]],
-    originals: dict[str, np.ndarray],
+    by_file: ByFile,
+    originals: dict[str, list[np.ndarray]],
     source_card: str | None,
 ) -> str:
-    """The original slices and their indices, and the source card; returns the file's SHA-256."""
+    """The original slices and their indices, and the source card; returns the file's SHA-256.
+
+    Each edited projection gives ``KEY::original`` (its slices, in the tensor's dtype) and ``KEY::indices``
+    (I64 neuron indices), ``KEY`` from :func:`revert_key`: a whole 2-D weight (dense models write only
+    these, as tnedit always did) or one expert's rows of a fused experts tensor, whose neuron axis is
+    the checkpoint's (:class:`~tnedit.checkpoint.Projection`).
+    """
     tensors: dict[str, tuple[np.ndarray, str]] = {}
     for edits in by_file.values():
-        for name, edit in edits.items():
-            tensors[f"{name}::original"] = (originals[name], ckpt.tensor(name).dtype)
-            tensors[f"{name}::indices"] = (np.asarray(edit.indices, dtype=np.int64), "I64")
+        for name, pairs in edits.items():
+            for (edit, target), original in zip(pairs, originals[name], strict=True):
+                key = revert_key(name, target.rows)
+                tensors[f"{key}::original"] = (original, ckpt.tensor(name).dtype)
+                tensors[f"{key}::indices"] = (np.asarray(edit.indices, dtype=np.int64), "I64")
     metadata = {
         "format": REVERT_FORMAT,
         "layout": ckpt.arch.layout,
@@ -282,9 +359,15 @@ def _edit_record(spec: EditSpec) -> EditRecord:
         factor=spec.factor,
         n_neurons=len(spec.neurons),
         per_layer={str(k): v for k, v in spec.per_layer_counts().items()},
-        neurons=[[n.layer, n.index, spec.factor_of(n)] for n in spec.neurons],
+        neurons=[_neuron_entry(n, spec.factor_of(n)) for n in spec.neurons],
         semantics=SEMANTICS_NOTE,
     )
+
+
+def _neuron_entry(neuron: Neuron, factor: float) -> list[Any]:
+    """``[layer, index, factor]``, with the expert (a number or "shared") appended for an expert's neuron."""
+    entry: list[Any] = [neuron.layer, neuron.index, factor]
+    return entry if neuron.expert is None else [*entry, neuron.expert]
 
 
 def _provenance(

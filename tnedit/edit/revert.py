@@ -2,6 +2,17 @@
 
 Before anything is used, ``tnedit.json`` must record every digest revert checks and the revert file
 must have the SHA-256 recorded there. Each weight file is verified while it is copied.
+
+The revert file (``tnedit.revert/1``) holds, per edited projection, ``KEY::original`` (the original
+slices, in the tensor's dtype) and ``KEY::indices`` (increasing I64 neuron indices):
+
+* ``KEY = NAME`` for a whole 2-D weight (every dense model's entries, a shared expert's, a dense layer's
+  and a per-expert checkpoint's routed experts): the originals are the weight with its neuron axis cut
+  to the indices (``[hidden, n]`` for Linear, ``[n, hidden]`` for Conv1D);
+* ``KEY = NAME::rows=R0:R1`` for one expert of a fused experts tensor: rows ``R0 … R1−1`` of its 2-D
+  view are that expert's slab (``e·H … (e+1)·H−1`` of ``[E·H, I]``, or ``e·I … (e+1)·I−1`` of gpt-oss's
+  ``[E·I, H]``), and the originals are the slab's neuron slices (``[H, n]``, or ``[n, H]``). The neuron
+  axis comes from the checkpoint (:class:`~tnedit.checkpoint.Projection`), never from the file.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from tnedit.checkpoint import (
     read_header,
     read_tensor,
     require_directory,
+    view_shape,
 )
 from tnedit.edit.bake import SlicePatch
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
@@ -49,9 +61,9 @@ def _restore_patches(
 ) -> tuple[dict[str, dict[str, TensorPatch]], dict[str, str]]:
     """Per weight file, the patches that put the original slices back; and the revert file's metadata.
 
-    Every tensor of the revert file must restore a tensor of the checkpoint, with indices in range
-    and originals of that tensor's dtype and shape, and the files it touches must be the ones
-    tnedit.json lists as edited.
+    Every tensor of the revert file must restore a tensor of the checkpoint (one expert's rows of it,
+    for a fused experts tensor), with indices in range and originals of that tensor's dtype and of the
+    slice's shape, and the files it touches must be the ones tnedit.json lists as edited.
     """
     revert = read_header(revert_path)
     metadata = revert.metadata or {}
@@ -61,11 +73,13 @@ def _restore_patches(
         raise CheckpointError(
             f"{revert_path}: metadata key 'layout' must be '{ckpt.arch.layout}' for {ckpt.model_type}"
         )
-    axis = neuron_axis(ckpt.arch)
-    restore: dict[str, dict[str, TensorPatch]] = defaultdict(dict)
-    for name in _restored_names(revert, ckpt):
-        indices, original = _revert_slices(revert, ckpt, name, axis)
-        restore[ckpt.tensor_file[name]][name] = SlicePatch(axis, indices, original=original)
+    restore: dict[str, dict[str, SlicePatch]] = defaultdict(dict)
+    for key in _restored_keys(revert, ckpt):
+        name, rows = _split_rows(revert, key)
+        axis, region = _region(revert, ckpt, key, name, rows)
+        indices, original = _revert_slices(revert, ckpt, key, axis, region)
+        # Keys of one tensor all have rows (fused) or it has one key: so one axis, and slabs that never overlap.
+        restore[ckpt.tensor_file[name]].setdefault(name, SlicePatch(axis)).add(indices, original=original, rows=rows)
     for f in ckpt.weight_files:
         listed = recorded.edited_tensors.get(f)
         if listed is not None and listed != sorted(restore.get(f, {})):
@@ -73,42 +87,84 @@ def _restore_patches(
                 f"{revert_path}: restores {sorted(restore.get(f, {}))} in {f}, but {PROVENANCE_NAME} key "
                 f"'weights['{f}'].edited_tensors' lists {listed}"
             )
-    return restore, metadata
+    return {f: dict(patches) for f, patches in restore.items()}, metadata
 
 
-def _restored_names(revert: SafetensorsHeader, ckpt: Checkpoint) -> list[str]:
-    names = []
-    for key in sorted(revert.tensors):
-        name, _, part = key.rpartition("::")
-        if part not in ("original", "indices") or not name:
-            raise CheckpointError(f"{revert.path}: tensor '{key}' is not NAME::original or NAME::indices")
+def _restored_keys(revert: SafetensorsHeader, ckpt: Checkpoint) -> list[str]:
+    """The KEY of every ``KEY::original`` (see tnedit.edit.bake.revert_key), each with its ``KEY::indices``."""
+    keys = []
+    for entry in sorted(revert.tensors):
+        key, _, part = entry.rpartition("::")
+        if part not in ("original", "indices") or not key:
+            raise CheckpointError(f"{revert.path}: tensor '{entry}' is not NAME::original or NAME::indices")
+        name = key.split(ROWS_TAG, 1)[0]
         if name not in ckpt.tensor_file:
             raise CheckpointError(f"{revert.path}: names tensor '{name}', which the checkpoint lacks")
         if part == "original":
-            names.append(name)
-        elif f"{name}::original" not in revert.tensors:
-            raise CheckpointError(f"{revert.path}: has '{key}' but no '{name}::original'")
-    return names
+            keys.append(key)
+        elif f"{key}::original" not in revert.tensors:
+            raise CheckpointError(f"{revert.path}: has '{entry}' but no '{key}::original'")
+    return keys
 
 
-def _revert_slices(revert: SafetensorsHeader, ckpt: Checkpoint, name: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The indices and original slices of one tensor, checked against the tensor they restore."""
-    info, where = ckpt.tensor(name), f"{revert.path}: tensor '{name}::indices'"
-    index_info = revert.tensors.get(f"{name}::indices")
+ROWS_TAG = "::rows="
+
+
+def _split_rows(revert: SafetensorsHeader, key: str) -> tuple[str, tuple[int, int] | None]:
+    """``NAME`` → (NAME, None); ``NAME::rows=R0:R1`` → (NAME, (R0, R1))."""
+    if ROWS_TAG not in key:
+        return key, None
+    name, _, span = key.partition(ROWS_TAG)
+    first, sep, end = span.partition(":")
+    if not (sep and first.isdigit() and end.isdigit()):
+        raise CheckpointError(f"{revert.path}: tensor '{key}::original' must name its rows as '::rows=R0:R1'")
+    return name, (int(first), int(end))
+
+
+def _region(
+    revert: SafetensorsHeader, ckpt: Checkpoint, key: str, name: str, rows: tuple[int, int] | None
+) -> tuple[int, tuple[int, int]]:
+    """The neuron axis and the (rows, columns) of the slice ``key`` restores: a whole 2-D weight, or one
+    expert's slab of a fused experts tensor, as apply lays them out."""
+    info, projection = ckpt.tensor(name), ckpt.projection_named(name)
+    fused = projection is not None and projection.slab is not None
+    if rows is None:
+        if fused:
+            raise CheckpointError(f"{revert.path}: '{key}::original' must name the expert rows of the fused '{name}'")
+        if len(info.shape) != 2:
+            raise CheckpointError(f"{revert.path}: '{key}::original' restores '{name}', which is not 2-D")
+        return neuron_axis(ckpt.arch), (info.shape[0], info.shape[1])
+    total, columns = view_shape(info.shape)
+    slab = projection.slab if fused else None
+    if slab is None or rows[0] % slab or rows[1] != rows[0] + slab or rows[1] > total:
+        raise CheckpointError(
+            f"{revert.path}: '{key}::original' names rows {rows[0]}:{rows[1]} of '{name}', which are not one "
+            "expert's rows of a fused experts tensor"
+        )
+    return projection.axis, (slab, columns)
+
+
+def _revert_slices(
+    revert: SafetensorsHeader, ckpt: Checkpoint, key: str, axis: int, region: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The indices and original slices of one entry, checked against the slice of the tensor they restore."""
+    name = key.split(ROWS_TAG, 1)[0]
+    info, where = ckpt.tensor(name), f"{revert.path}: tensor '{key}::indices'"
+    index_info = revert.tensors.get(f"{key}::indices")
     if index_info is None or index_info.dtype != "I64" or len(index_info.shape) != 1:
         raise CheckpointError(f"{where} must be a 1-D I64 tensor of neuron indices")
-    indices = read_tensor(revert, f"{name}::indices")
-    if len(indices) == 0 or np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= info.shape[axis]:
-        raise CheckpointError(f"{where} must be increasing neuron indices in 0..{info.shape[axis] - 1}")
-    expected = list(info.shape)
+    indices = read_tensor(revert, f"{key}::indices")
+    if len(indices) == 0 or np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= region[axis]:
+        raise CheckpointError(f"{where} must be increasing neuron indices in 0..{region[axis] - 1}")
+    expected = list(region)
     expected[axis] = len(indices)
-    original = revert.tensors[f"{name}::original"]
+    original = revert.tensors[f"{key}::original"]
     if original.dtype != info.dtype or list(original.shape) != expected:
         raise CheckpointError(
-            f"{revert.path}: tensor '{name}::original' is {original.dtype} {list(original.shape)}, "
+            f"{revert.path}: tensor '{key}::original' is {original.dtype} {list(original.shape)}, "
             f"expected {info.dtype} {expected} (the tensor it restores)"
         )
-    return indices, read_tensor(revert, f"{name}::original")
+    return indices, read_tensor(revert, f"{key}::original")
 
 
 def _checked_inputs(

@@ -178,7 +178,7 @@ class RuntimeEdit:
             idx = torch.tensor(edit.indices, dtype=torch.long)
             factors = torch.tensor(edit.factors, dtype=torch.float32)
             if isinstance(edit.expert, int):  # a routed expert: inside tnedit's experts loop
-                use_tnedit_experts(self.model)
+                use_tnedit_experts(self.model, self._hooks)
                 experts = resolve_module(self.layers[edit.layer], self.arch.experts.module)
                 add_expert_edit(self._hooks, experts, self._expert_edit(edit.expert, idx, factors))
                 continue

@@ -270,7 +270,7 @@ def parse_expert(value: Any, where: str) -> ExpertTag:
 def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
     for key in ("layer", "index"):
         if key not in obj:
-            raise NeuronSetError(f"{where}: missing key '{key}' (expected layer, [expert,] index[, score, factor])")
+            raise NeuronSetError(f"{where}: missing key '{key}' (expected layer, index[, score, factor])")
     score = obj.get("score")
     if score is not None:
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):

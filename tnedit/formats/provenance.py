@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tnedit.errors import CheckpointError
-from tnedit.formats.neurons import Neuron
+from tnedit.formats.neurons import SHARED, Neuron
 from tnedit.formats.outputs import contained_name
 
 PROVENANCE_NAME = "tnedit.json"
@@ -84,7 +84,8 @@ class NeuronSetRecord:
 
 @dataclass(frozen=True)
 class EditRecord:
-    """The operation and every edited neuron as ``[layer, index, factor]``."""
+    """The operation and every edited neuron as ``[layer, index, factor]``, an expert's as
+    ``[layer, index, factor, expert]`` (a routed expert's number or ``"shared"``)."""
 
     op: str | None = None
     factor: float | None = None
@@ -99,12 +100,28 @@ class EditRecord:
     def edited_neurons(self, where: Path | str) -> list[Neuron]:
         """The edited neurons with their factors; CheckpointError naming ``where`` if the list is malformed or empty."""
         try:
-            neurons = [Neuron(int(a), int(b), factor=float(f)) for a, b, f in self.neurons or []]
+            neurons = [_edited_neuron(entry) for entry in self.neurons or []]
         except (TypeError, ValueError):
-            raise CheckpointError(f"{where}: key 'edit.neurons' must list [layer, index, factor] triples") from None
+            raise CheckpointError(
+                f"{where}: key 'edit.neurons' must list [layer, index, factor] triples "
+                "([layer, index, factor, expert] for an expert's neuron, expert a number or \"shared\")"
+            ) from None
         if not neurons:
             raise CheckpointError(f"{where}: key 'edit.neurons' lists no neurons")
         return neurons
+
+
+def _edited_neuron(entry: Any) -> Neuron:
+    """One ``edit.neurons`` entry; TypeError or ValueError when it is not one."""
+    if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4):
+        raise ValueError(entry)
+    layer, index, factor = int(entry[0]), int(entry[1]), float(entry[2])
+    if len(entry) == 3:
+        return Neuron(layer, index, factor=factor)
+    expert = entry[3]
+    if expert != SHARED and (isinstance(expert, bool) or not isinstance(expert, int) or expert < 0):
+        raise ValueError(expert)
+    return Neuron(layer, index, factor=factor, expert=expert)
 
 
 @dataclass(frozen=True)

@@ -65,14 +65,17 @@ def experts_forward(module: Any, hidden_states: torch.Tensor, top_k_index: torch
     return out
 
 
-def use_tnedit_experts(model: Any) -> None:
-    """Run the model's experts through :func:`experts_forward` (idempotent; logits equal the default's)."""
+def use_tnedit_experts(model: Any, hooks: HookSet) -> None:
+    """Run the model's experts through :func:`experts_forward` until ``hooks`` are removed, which puts the
+    previous implementation back (logits agree with the default's to float rounding)."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
     if IMPLEMENTATION not in ALL_EXPERTS_FUNCTIONS:
         ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, experts_forward)
-    if getattr(model.config, "_experts_implementation", None) != IMPLEMENTATION:
+    previous = getattr(model.config, "_experts_implementation", None)
+    if previous != IMPLEMENTATION:
         model.set_experts_implementation(IMPLEMENTATION)
+        hooks.add_callback(lambda: model.set_experts_implementation(previous))
 
 
 def _attach(module: Any, attribute: str, item: Any) -> Callable[[], None]:
@@ -163,7 +166,7 @@ def watch_neurons(model: Any, layers: Any, arch: Architecture, config: Any, laye
 
         hooks.add_pre(resolve_module(module, arch.out_proj), dense)
         return
-    use_tnedit_experts(model)
+    use_tnedit_experts(model, hooks)
     _MoeLayerReader(module, arch, space.blocks(layer), space.width, consumer).install(hooks)
 
 
