@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tnedit.errors import NeuronSetError, UnsupportedArchitectureError
-from tnedit.formats.neurons import SHARED, ExpertTag, Neuron
+from tnedit.formats.neurons import SHARED, ExpertTag, Neuron, expert_label
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,6 @@ def _required(config: Mapping[str, Any], keys: tuple[str, ...], what: str) -> in
     return value
 
 
-def expert_label(expert: ExpertTag) -> str:
-    """``"e3"``, ``"shared"``, or ``"dense"``: how tables and messages name an expert."""
-    if expert is None:
-        return "dense"
-    return SHARED if expert == SHARED else f"e{expert}"
-
-
-def neuron_label(layer: int, index: int, expert: ExpertTag = None) -> str:
-    """``3:17`` for a dense neuron, ``3:e2:17`` or ``3:shared:17`` for an expert's."""
-    return f"{layer}:{index}" if expert is None else f"{layer}:{expert_label(expert)}:{index}"
-
-
 class NeuronSpace:
     """The neurons of every layer of one model, as blocks of columns; a dense model has one block per layer."""
 
@@ -108,12 +96,6 @@ class NeuronSpace:
 
     def block(self, layer: int, expert: ExpertTag) -> Block | None:
         return next((b for b in self.layers[layer] if b.expert == expert), None)
-
-    def column(self, layer: int, expert: ExpertTag, index: int) -> int:
-        block = self.block(layer, expert)
-        if block is None:
-            raise NeuronSetError(f"layer {layer} has no {expert_label(expert)} neurons")
-        return block.offset + index
 
     def neuron_at(self, layer: int, column: int) -> tuple[ExpertTag, int]:
         """(expert, index) of a column; a column past the layer's width is an error."""

@@ -31,7 +31,7 @@ CONTROL_ONLY = ("like", "overwrite", "match_layers")
 NOT_LAPE = ("checkpoint_every", "resume", "type", "k", "exclude_massive")
 
 
-def _per_layer_text(counts: dict[int, int]) -> str:
+def _counts_text(counts: dict[Any, int]) -> str:
     return " ".join(f"{layer}:{n}" for layer, n in counts.items()) or "(none)"
 
 
@@ -102,9 +102,9 @@ def _transfer(settings: IdentifySettings, out_dir: Path, quiet: bool, as_json: b
         file = result.set_files.get((language, t), "")
         lines.append(f"  {language} type{t}: {len(neurons)} neurons in layers "
                      f"{format_layers(result.candidate_layers[t])}{eta} → {file}")
-        lines.append(f"    per layer: {_per_layer_text(neurons.per_layer_counts())}")
+        lines.append(f"    per layer: {_counts_text(neurons.per_layer_counts())}")
         if neurons.has_experts:
-            lines.append(f"    per expert: {_per_layer_text(neurons.per_expert_counts())}")
+            lines.append(f"    per expert: {_counts_text(neurons.per_expert_counts())}")
     lines.append(_truncation_text(result.max_length, result.truncated))
     emit(result.summary(), as_json, "\n".join(lines))
 
@@ -120,7 +120,7 @@ def _random_control(settings: IdentifySettings, quiet: bool, as_json: bool) -> N
               "layers": control.method.layers if control.method else [],
               "per_layer": {str(k): v for k, v in counts.items()}}
     emit(result, as_json, f"random control: {len(control)} neurons (seed {settings.seed}) → {out}\n"
-         f"  per layer: {_per_layer_text(counts)}")
+         f"  per layer: {_counts_text(counts)}")
 
 
 def _lape(settings: IdentifySettings, out_dir: Path, quiet: bool, as_json: bool) -> None:
@@ -156,9 +156,11 @@ def select_command(scores: str, quiet: bool, as_json: bool, **params: Any) -> No
     summary = {"file": str(selected.path), "language": selected.language, "type": selected.type, "k": len(neurons),
                "layers": neurons.method.layers if neurons.method else [],
                "per_layer": {str(a): b for a, b in counts.items()},
+               **({"per_expert": neurons.per_expert_counts()} if neurons.has_experts else {}),
                "eta2_share": neurons.method.extra.get("eta2_share") if neurons.method else None}
+    experts = f"\n  per expert: {_counts_text(neurons.per_expert_counts())}" if neurons.has_experts else ""
     emit(summary, as_json, f"{selected.language} type{selected.type}: {len(neurons)} neurons → {selected.path}\n"
-         f"  per layer: {_per_layer_text(counts)}")
+         f"  per layer: {_counts_text(counts)}{experts}")
 
 
 @click.command("compare")

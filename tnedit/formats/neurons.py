@@ -58,7 +58,14 @@ class Neuron:
         """``3:17``, or ``3:e2:17`` / ``3:shared:17`` for an expert's neuron."""
         if self.expert is None:
             return f"{self.layer}:{self.index}"
-        return f"{self.layer}:{'shared' if self.expert == SHARED else f'e{self.expert}'}:{self.index}"
+        return f"{self.layer}:{expert_label(self.expert)}:{self.index}"
+
+
+def expert_label(expert: ExpertTag) -> str:
+    """``"e3"``, ``"shared"``, or ``"dense"`` (no expert): how tables and messages name an expert."""
+    if expert is None:
+        return "dense"
+    return SHARED if expert == SHARED else f"e{expert}"
 
 
 @dataclass
@@ -133,7 +140,7 @@ class NeuronSet:
         """Neurons per expert over all layers (``e0``, ``shared``, ``dense``); empty for a set without experts."""
         if not self.has_experts:
             return {}
-        names = Counter(n.label.split(":")[1] if n.expert is not None else "dense" for n in self.neurons)
+        names = Counter(expert_label(n.expert) for n in self.neurons)
         return dict(sorted(names.items(), key=lambda kv: (kv[0] in ("shared", "dense"), len(kv[0]), kv[0])))
 
     def to_dict(self) -> dict[str, Any]:

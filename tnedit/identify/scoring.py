@@ -69,36 +69,58 @@ class LayerScorer:
     """
 
     def __init__(self, lm: LoadedModel, layer: int, centroids: Mapping[int, torch.Tensor]):
-        self.v = lm.neuron_weights(layer)  # (d, m): column i is v_i (an MoE layer's experts side by side)
+        # (d, m_b) views, side by side the layer's (d, m): column i is v_i. One for a dense layer; an MoE
+        # layer's experts each have theirs, so no (d, experts × width) copy is made.
+        self.parts = lm.neuron_weight_parts(layer)
+        self.v = self.parts[0]  # the output-norm families are dense: one part
         self.device = stat_device(self.v.device)
         self.c = {t: c.to(self.device, torch.float64) for t, c in centroids.items()}
         self.c_norm = {t: c.norm() for t, c in self.c.items()}
         self.out_norm = lm.arch.out_norm is not None
-        m = self.v.shape[1]
+        m = self.width = lm.intermediate_size if lm.is_moe else self.v.shape[1]
         self.sums = {t: torch.zeros(m, dtype=torch.float64, device=self.device) for t in self.c}
         self.count = 0
         self.v2: torch.Tensor | None = None
         if not self.out_norm:
             self.n = torch.zeros(m, dtype=torch.float64, device=self.device)
             self.q = {t: torch.zeros(m, dtype=torch.float64, device=self.device) for t in self.c}
-            step = max(1, (1 << 24) // max(1, self.v.shape[0]))  # bounded fp64 temporaries
-            for start in range(0, m, step):
-                block = self.v[:, start : start + step].to(self.device, torch.float64)
-                self.n[start : start + step] = (block * block).sum(0)
+            for offset, block in self._column_blocks():
+                block = block.to(self.device, torch.float64)
+                self.n[offset : offset + block.shape[1]] = (block * block).sum(0)
                 for t, c in self.c.items():
-                    self.q[t][start : start + step] = c @ block
+                    self.q[t][offset : offset + block.shape[1]] = c @ block
         elif self.v.dtype in (torch.float32, torch.float64):
             self.v2 = self.v * self.v
         elif _room_for(self.v.device, self.v.numel() * 4):
             # The square of a half-precision weight is exact in fp32; a half-precision square is not.
             self.v2 = self.v.float().square()
 
+    def _column_blocks(self) -> list[tuple[int, torch.Tensor]]:
+        """(first column, block) over every part, each block small enough for bounded fp64 temporaries."""
+        step = max(1, (1 << 24) // max(1, self.v.shape[0]))
+        blocks, offset = [], 0
+        for part in self.parts:
+            blocks += [(offset + start, part[:, start : start + step]) for start in range(0, part.shape[1], step)]
+            offset += part.shape[1]
+        return blocks
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ v`` over the layer's columns, float64 on the stat device (zero past an MoE layer's neurons)."""
+        if len(self.parts) == 1 and self.v.shape[1] == self.width:
+            return _matmul(x, self.v).to(self.device)
+        out = torch.zeros(x.shape[0], self.width, dtype=torch.float64, device=self.device)
+        offset = 0
+        for part in self.parts:
+            out[:, offset : offset + part.shape[1]] = _matmul(x, part).to(self.device)
+            offset += part.shape[1]
+        return out
+
     def terms(
         self, r_res: torch.Tensor, scale: torch.Tensor | None
     ) -> tuple[torch.Tensor, Mapping[int, torch.Tensor], torch.Tensor]:
         """(r, {type: q}, n) for one batch, each (B, m) or (m,) float64 on the stat device."""
         if not self.out_norm:
-            return _matmul(r_res, self.v).to(self.device), self.q, self.n
+            return self._product(r_res), self.q, self.n
         if scale is None:
             raise InputError("an output-norm architecture needs the per-sentence out_scale")
         s = scale.to(self.device, torch.float64)

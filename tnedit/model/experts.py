@@ -182,17 +182,11 @@ def projection_weight(layer_module: Any, arch: Architecture, expert: ExpertTag) 
     return fused[int(expert)], 0 if spec.transposed else 1
 
 
-def neuron_weights(layer_module: Any, arch: Architecture, space: NeuronSpace, layer: int) -> torch.Tensor:
-    """``(hidden, width)``: column c is the write vector of the layer's neuron column c (zero for padding).
-
-    A dense model's is its output projection's weight itself (a view, no copy).
-    """
-    if arch.experts is None:
-        weight, axis = projection_weight(layer_module, arch, None)
-        return weight.detach() if axis == 1 else weight.detach().t()
+def neuron_weight_parts(layer_module: Any, arch: Architecture, space: NeuronSpace, layer: int) -> list[torch.Tensor]:
+    """The layer's write vectors as ``(hidden, block width)`` views, one per block of columns in order (a dense
+    layer's output projection, each routed expert's slab, the shared expert): no copy of the weights."""
     parts = []
     for block in space.blocks(layer):
         weight, axis = projection_weight(layer_module, arch, block.expert)
         parts.append(weight.detach() if axis == 1 else weight.detach().t())
-    v = torch.cat(parts, dim=1)
-    return _pad(v, space.width)
+    return parts

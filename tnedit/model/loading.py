@@ -21,7 +21,7 @@ from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
 from tnedit.formats.neurons import ModelInfo, fingerprint
 from tnedit.model.distributed import current_world, device_map_memory
-from tnedit.model.experts import Consumer, neuron_weights, watch_neurons
+from tnedit.model.experts import Consumer, neuron_weight_parts, watch_neurons
 from tnedit.model.hooks import HookSet
 
 DTYPES = {
@@ -117,9 +117,9 @@ class LoadedModel(ConfigShape):
         """``consumer(columns, routed)`` at each forward pass: the layer's neuron columns (tnedit.model.experts)."""
         watch_neurons(self.model, self.layers, self.arch, self.config, layer, hooks, consumer)
 
-    def neuron_weights(self, layer: int) -> torch.Tensor:
-        """``(hidden, width)``: the write vector of each of the layer's neuron columns."""
-        return neuron_weights(self.layers[layer], self.arch, self.neuron_space, layer)
+    def neuron_weight_parts(self, layer: int) -> list[torch.Tensor]:
+        """The layer's write vectors as views, one ``(hidden, block width)`` per block of columns (no copy)."""
+        return neuron_weight_parts(self.layers[layer], self.arch, self.neuron_space, layer)
 
     @property
     def context_length(self) -> int | None:
@@ -130,7 +130,8 @@ class LoadedModel(ConfigShape):
         """The checkpoint's fingerprint, from its files (the loaded dtype may differ); shape-only without files."""
         if self.path is not None:
             return open_checkpoint(self.path).fingerprint()
-        shape = (lambda i: self.neuron_weights(i).shape) if self.is_moe else (lambda i: self.out_proj(i).weight.shape)
+        moe_shape = (self.hidden_size, self.intermediate_size)  # as Checkpoint's, for an MoE model
+        shape = (lambda i: moe_shape) if self.is_moe else (lambda i: self.out_proj(i).weight.shape)
         shapes = [(i, self.arch.out_proj_weight, tuple(shape(i))) for i in range(len(self.layers))]
         return fingerprint(self.config["model_type"], shapes)
 
