@@ -22,6 +22,7 @@ from tests.support.tiny_moe import DENSE_FIRST, EXPERT_WIDTH, MOE_TYPES, SHARED_
 from tnedit.checkpoint import read_header
 from tnedit.edit.bake import apply_to_checkpoint
 from tnedit.edit.revert import revert_checkpoint
+from tnedit.edit.runtime import RuntimeEdit
 from tnedit.edit.spec import make_edit_spec
 from tnedit.errors import CheckpointError, NeuronSetError
 from tnedit.formats.neurons import Neuron
@@ -146,13 +147,17 @@ def test_baked_moe_edit_equals_in_memory_edit_and_reverts(model_type, fused, op,
     src = sources[(model_type, fused)]
     neurons = moe_neurons(model_type)
     out = tmp_path / "edited"
-    apply_to_checkpoint(str(src), make_edit_spec(neurons, op, factor), out, reporter=quiet())
+    spec = make_edit_spec(neurons, op, factor)
+    apply_to_checkpoint(str(src), spec, out, reporter=quiet())
 
     original = load(src)
     unedited = logits(original)
+    with RuntimeEdit(original, spec, "all"):  # tnedit's own hook, on the unedited weights
+        hooked = logits(original)
     edit_in_memory(original, model_type, neurons, value)
     baked = logits(load(out))
     torch.testing.assert_close(baked, logits(original), atol=1e-5, rtol=0)
+    torch.testing.assert_close(baked, hooked, atol=1e-5, rtol=0)
     assert not torch.allclose(baked, unedited, atol=1e-4), "the edit changed nothing"
 
     targeted = _check_bytes(src, out, model_type, fused, neurons, value)
