@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_CPU ?= torch==2.13.0
 export TNEDIT_MODELS ?= $(CURDIR)/.cache/models
 
-.PHONY: install test models bench bench-apply bench-identify bench-identify-gpus bench-distributed bench-repeat-apply bench-langid bench-tune lint demo clean
+.PHONY: install test models bench bench-apply bench-identify bench-identify-gpus bench-distributed bench-repeat-apply bench-langid bench-tune bench-moe lint demo clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ models: install
 test: install models
 	$(PY) -m pytest -q
 
-bench: bench-apply bench-repeat-apply bench-identify bench-distributed bench-langid
+bench: bench-apply bench-repeat-apply bench-identify bench-distributed bench-langid bench-moe
 
 bench-apply: install
 	$(PY) benchmarks/bench_apply.py
@@ -49,6 +49,10 @@ bench-identify-gpus: install
 
 bench-langid: install
 	$(PY) benchmarks/bench_langid.py
+
+# tnedit's experts implementation (and its neuron reading) against transformers' default, on a random MoE model.
+bench-moe: install
+	$(PY) benchmarks/bench_moe.py
 
 # `tnedit tune` on Gemma-3-270M with the 1,000 shared en–ja pairs (about 15 min on 2 cores): not part of `make bench`.
 bench-tune: install models
