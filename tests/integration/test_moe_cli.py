@@ -18,6 +18,13 @@ from tnedit.formats.neurons import load_neurons
 DATA = str(TATOEBA / "en-ja.train.tsv")
 
 
+def neurons_per_layer_and_expert(neurons) -> dict[int, Counter]:
+    counts: dict[int, Counter] = {}
+    for n in neurons.neurons:
+        counts.setdefault(n.layer, Counter())["dense" if n.expert is None else n.label.split(":")[1]] += 1
+    return counts
+
+
 @pytest.mark.parametrize("model_type", ["qwen2_moe", "gpt_oss"])
 def test_identify_apply_evaluate_revert_an_moe_model(model_type, tmp_path, capsys):
     model = make_tiny_moe(model_type, tmp_path)
@@ -40,6 +47,11 @@ def test_identify_apply_evaluate_revert_an_moe_model(model_type, tmp_path, capsy
     code, _, err = run_cli(["apply", str(model), str(out / "neurons-ja-type1.json"), "-o", str(edited), "--quiet"],
                            capsys)
     assert code == 0, err
+    card = (edited / "README.md").read_text()
+    assert "| layer | neurons edited | per expert |" in card
+    for layer, counts in neurons_per_layer_and_expert(neurons).items():
+        experts = " ".join(f"{e}:{n}" for e, n in sorted(counts.items()))
+        assert f"| {layer} | {sum(counts.values())} | {experts} |" in card
     common = ["--data", DATA, "--lang", "ja", "--n-pairs", "8", "--skip", "100", "--n-qa", "0", "--n-gen", "1",
               "--n-langid", "2", "--max-new-tokens", "3", "--quiet"]
     code, _, err = run_cli(["evaluate", str(model), "--neurons", str(out / "neurons-ja-type1.json"), "--positions",

@@ -7,6 +7,7 @@ markers so later steps (evaluate, push) can replace them without touching the au
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from tnedit.formats.descriptions import own_factors_text, tune_summary
+from tnedit.formats.neurons import expert_label
 from tnedit.formats.outputs import write_text
 from tnedit.formats.provenance import PROVENANCE_NAME, Provenance, SourceRecord
 
@@ -99,12 +101,29 @@ def _front_matter(provenance: Provenance, source_meta: dict[str, Any]) -> dict[s
 
 
 def edit_table(provenance: Provenance) -> str:
+    """Neurons edited per layer; for a mixture-of-experts edit, also per expert (``e0:3 shared:2``)."""
     edit = provenance.edit
-    lines = ["| layer | neurons edited |", "|---:|---:|"]
-    for layer, count in sorted(edit.per_layer.items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {layer} | {count} |")
-    lines.append(f"| **total** | **{edit.n_neurons}** |")
-    return "\n".join(lines)
+    layers = sorted(edit.per_layer.items(), key=lambda kv: int(kv[0]))
+    per_expert = _per_expert(edit.neurons or [])
+    if not per_expert:
+        lines = ["| layer | neurons edited |", "|---:|---:|"] + [f"| {layer} | {count} |" for layer, count in layers]
+        return "\n".join([*lines, f"| **total** | **{edit.n_neurons}** |"])
+    lines = ["| layer | neurons edited | per expert |", "|---:|---:|:---|"]
+    for layer, count in layers:
+        experts = " ".join(f"{name}:{n}" for name, n in sorted(per_expert.get(layer, Counter()).items()))
+        lines.append(f"| {layer} | {count} | {experts} |")
+    return "\n".join([*lines, f"| **total** | **{edit.n_neurons}** | |"])
+
+
+def _per_expert(entries: list[list[Any]]) -> dict[str, Counter[str]]:
+    """Per layer, the edited neurons per expert, from provenance ``[layer, index, factor(, expert)]`` entries;
+    empty when none names an expert."""
+    if not any(len(entry) == 4 for entry in entries):
+        return {}
+    counts: dict[str, Counter[str]] = {}
+    for entry in entries:
+        counts.setdefault(str(entry[0]), Counter())[expert_label(entry[3] if len(entry) == 4 else None)] += 1
+    return counts
 
 
 def _origin(method: dict[str, Any]) -> str:
