@@ -79,9 +79,9 @@ def test_evaluate_refuses_expert_neurons_on_a_dense_model(dense, tmp_path, capsy
 
 
 @pytest.mark.parametrize("verb", ["identify", "apply", "evaluate"])
-def test_an_unknown_moe_variant_is_named_never_skipped(verb, moe, tmp_path, capsys):
+def test_an_unknown_moe_variant_is_named_never_skipped(verb, tmp_path, capsys):
     """A hybrid MoE type outside the registry (jamba) fails on its type, before any expert could be skipped."""
-    model = _copy_with_config(moe, tmp_path / "jamba", model_type="jamba")
+    model = make_tiny_moe("jamba", tmp_path)
     neurons = _neurons(tmp_path / "neurons.json", [{"layer": 1, "expert": 0, "index": 3}])
     out = str(tmp_path / "out")
     args = {

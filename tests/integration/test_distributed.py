@@ -189,3 +189,24 @@ def test_a_verb_that_is_not_data_parallel_runs_on_rank_zero_alone(model, tmp_pat
     assert (tmp_path / "edited" / "model.safetensors").is_file()
     warnings = [line for line in run.stderr.splitlines() if "not data-parallel" in line]
     assert len(warnings) == 1 and "rank 0 runs it alone" in warnings[0]
+
+
+def test_an_moe_model_under_torchrun_equals_one_process(tmp_path, capsys):
+    """Each rank's expert statistics (routed-token counts included) add up to one process's."""
+    from tests.support.tiny_moe import make_tiny_moe
+
+    moe = make_tiny_moe("qwen2_moe", tmp_path)
+    lape = ["identify", str(moe), "--method", "lape", "--data", str(DATA), "--limit", "10", "--langs", "en,ja",
+            "--batch-size", "4", "--quiet", "-o"]
+    runs = {("neurons-ja-type1.json", "neurons-ja-type2.json"): lambda out: identify_args(moe, out, limit=20),
+            ("neurons-ja-lape.json",): lambda out: [*lape, str(out)]}
+    for files, args in runs.items():
+        code, _, err = run_cli(args(tmp_path / "one"), capsys)
+        assert code == 0, err
+        run = torchrun(args(tmp_path / "two"), 2, tmp_path)
+        assert run.returncode == 0, run.stderr
+        for file in files:
+            one = json.loads((tmp_path / "one" / file).read_text())
+            other = json.loads((tmp_path / "two" / file).read_text())
+            assert any("expert" in n for n in one["neurons"]), f"{file}: no expert neuron to compare"
+            assert differences(one["neurons"], other["neurons"]) == []

@@ -39,7 +39,11 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     "gpt_oss": dict(intermediate_size=EXPERT_WIDTH, num_local_experts=EXPERTS, num_experts_per_tok=2, head_dim=8,
                     sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
 }
-# The widths of each layer's neuron blocks: (expert, width) in column order.
+# A hybrid Mamba/attention MoE type outside the registry (its MLP is `feed_forward`, not `mlp`).
+JAMBA = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+             expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4,
+             mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=VOCAB, use_mamba_kernels=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 DENSE_FIRST = ("qwen2_moe", "qwen3_moe", "deepseek_v3")
 SHARED_WIDTH = {"qwen2_moe": 24, "deepseek_v3": EXPERT_WIDTH}
 
@@ -47,12 +51,15 @@ SHARED_WIDTH = {"qwen2_moe": 24, "deepseek_v3": EXPERT_WIDTH}
 def moe_config(model_type: str, **overrides: Any) -> Any:
     from transformers import AutoConfig
 
+    if model_type == "jamba":
+        return AutoConfig.for_model("jamba", **{**JAMBA, **overrides})
     return AutoConfig.for_model(model_type, **{**_COMMON, **_CONFIGS[model_type], **overrides})
 
 
 def make_tiny_moe(model_type: str, tmp_path: str | Path, *, fused: bool = False, dtype: str = "float32",
                   seed: int = 0, subdir: str | None = None, **overrides: Any) -> Path:
-    """Build, save and return a tiny random MoE model directory (with the tiny tokenizer)."""
+    """Build, save and return a tiny random MoE model directory (with the tiny tokenizer); ``"jamba"`` builds
+    the hybrid type outside the registry."""
     from transformers import AutoModelForCausalLM
 
     cfg = moe_config(model_type, **overrides)
