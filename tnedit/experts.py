@@ -136,8 +136,8 @@ class NeuronSpace:
     def _mismatch(self, layer: int, expert: ExpertTag) -> str:
         if expert is None:
             kinds = ", ".join(expert_label(b.expert) for b in self.layers[layer] if b.expert is not None)
-            return (f"layer {layer} is a mixture-of-experts layer: each of its neurons needs an 'expert' key "
-                    f"(a routed expert's number or \"shared\"; the layer has {_short(kinds)})")
+            return (f"layer {layer} is a mixture-of-experts layer: each of its neurons needs an expert (an 'expert' "
+                    f"key, or {layer}:e0:INDEX / {layer}:shared:INDEX in a list; the layer has {_short(kinds)})")
         if not self.is_moe_layer(layer):
             return f"layer {layer} is a dense MLP layer: its neurons take no 'expert' key (got {expert!r})"
         routed = sum(isinstance(b.expert, int) for b in self.layers[layer])

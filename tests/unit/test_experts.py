@@ -103,3 +103,21 @@ def test_further_moe_families_are_declared_with_the_same_record(monkeypatch):
               "num_experts": 3}
     assert get_architecture("my_moe") is custom
     assert _space(config).width == 12
+
+
+def test_lists_and_csv_name_experts_as_labels_do(tmp_path):
+    from tnedit.formats.neurons import load_neurons, parse_neuron_list
+
+    listed = parse_neuron_list("5:e17:301,5:shared:12:0.5,3:7")
+    assert listed == [Neuron(5, 301, expert=17), Neuron(5, 12, factor=0.5, expert="shared"), Neuron(3, 7)]
+    assert [n.label for n in listed] == ["5:e17:301", "5:shared:12", "3:7"]
+    assert parse_neuron_list("3:17:0.5") == [Neuron(3, 17, factor=0.5)]  # a factor third is no expert
+    csv_file = tmp_path / "neurons.csv"
+    csv_file.write_text("layer,expert,index,factor\n1,e2,3,0.5\n1,2,4,0.25\n0,,9,1\n2,shared,1,0\n")
+    assert load_neurons(csv_file).neurons == [Neuron(1, 3, factor=0.5, expert=2), Neuron(1, 4, factor=0.25, expert=2),
+                                              Neuron(0, 9, factor=1.0), Neuron(2, 1, factor=0.0, expert="shared")]
+    with pytest.raises(NeuronSetError, match="item '5:e-1:3'"):
+        parse_neuron_list("5:e-1:3")
+    csv_file.write_text("layer,expert,index\n1,routed,3\n")
+    with pytest.raises(NeuronSetError, match=r"row 1: 'expert' must be"):
+        load_neurons(csv_file)

@@ -44,7 +44,7 @@ from tnedit.checkpoint.targets import (
 )
 from tnedit.errors import CheckpointError, TneditError, UnsupportedArchitectureError
 from tnedit.experts import ExpertTag
-from tnedit.formats.neurons import LEGACY_FINGERPRINT_PREFIX, fingerprint
+from tnedit.formats.digest import LEGACY_FINGERPRINT_PREFIX, fingerprint
 from tnedit.formats.outputs import contained_name
 from tnedit.formats.provenance import REVERT_NAME
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -44,3 +44,26 @@ def sha256_json_lines(header: bytes, rows: Iterable[Any]) -> str:
         digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+LEGACY_FINGERPRINT_PREFIX = "sha256:"
+FINGERPRINT_PREFIX = "fp2:"
+
+
+def fingerprint(
+    model_type: str, projections: Sequence[tuple[int, str, Sequence[int]]], content_sha256: str | None = None
+) -> str:
+    """Hash of the MLP output projections, (layer, name relative to the layer, shape) each, and a content digest.
+
+    Names are relative to the decoder layer so that a CausalLM checkpoint and a loaded base model
+    (whose keys differ by a prefix) agree. Without ``content_sha256`` this is the shape-only
+    fingerprint of tnedit 0.1 (prefix ``sha256:``), still accepted with a warning.
+    """
+    text = (
+        model_type
+        + "\n"
+        + "\n".join(f"{layer}:{name}:{'x'.join(str(s) for s in shape)}" for layer, name, shape in sorted(projections))
+    )
+    if content_sha256 is None:
+        return LEGACY_FINGERPRINT_PREFIX + sha256_bytes(text.encode(), 32)
+    return FINGERPRINT_PREFIX + sha256_bytes(f"{text}\ncontent:{content_sha256}".encode(), 32)

@@ -191,29 +191,6 @@ def _neuron_dict(n: Neuron) -> dict[str, Any]:
     return out
 
 
-LEGACY_FINGERPRINT_PREFIX = "sha256:"
-FINGERPRINT_PREFIX = "fp2:"
-
-
-def fingerprint(
-    model_type: str, projections: Sequence[tuple[int, str, Sequence[int]]], content_sha256: str | None = None
-) -> str:
-    """Hash of the MLP output projections, (layer, name relative to the layer, shape) each, and a content digest.
-
-    Names are relative to the decoder layer so that a CausalLM checkpoint and a loaded base model
-    (whose keys differ by a prefix) agree. Without ``content_sha256`` this is the shape-only
-    fingerprint of tnedit 0.1 (prefix ``sha256:``), still accepted with a warning.
-    """
-    text = (
-        model_type
-        + "\n"
-        + "\n".join(f"{layer}:{name}:{'x'.join(str(s) for s in shape)}" for layer, name, shape in sorted(projections))
-    )
-    if content_sha256 is None:
-        return LEGACY_FINGERPRINT_PREFIX + sha256_bytes(text.encode(), 32)
-    return FINGERPRINT_PREFIX + sha256_bytes(f"{text}\ncontent:{content_sha256}".encode(), 32)
-
-
 # --- parsing -------------------------------------------------------------------------------------
 
 
@@ -254,13 +231,31 @@ def _parse_int(value: Any, what: str, where: str) -> int:
     return parsed
 
 
-def _neuron_from_fields(fields: Sequence[Any], where: str) -> Neuron:
+# An expert in a list or CSV row, as Neuron.label writes it: e3 (routed expert 3) or shared.
+_EXPERT_FIELD = re.compile(r"e([0-9]+)|shared", re.ASCII)
+
+
+def _neuron_from_fields(fields: Sequence[Any], where: str, expert_column: bool = False) -> Neuron:
+    """``layer,index[,factor]``, or with an expert second: ``layer,e3,index[,factor]`` / ``layer,shared,index``
+    (a CSV's ``expert`` column also takes a bare number, and is empty for a dense layer's neuron)."""
+    fields, expert = list(fields), None
+    second = str(fields[1]).strip() if len(fields) in (3, 4) else ""
+    if expert_column or _EXPERT_FIELD.fullmatch(second):
+        expert = _expert_field(fields.pop(1), where)
     if len(fields) not in (2, 3):
         raise NeuronSetError(f"{where}: expected layer,index[,factor], got {list(fields)!r}")
     layer = _parse_int(fields[0], "layer", where)
     index = _parse_int(fields[1], "index", where)
     factor = parse_factor(fields[2], where) if len(fields) == 3 else None
-    return Neuron(layer, index, factor=factor)
+    return Neuron(layer, index, factor=factor, expert=expert)
+
+
+def _expert_field(value: Any, where: str) -> ExpertTag:
+    text = str(value).strip()
+    if not text:
+        return None
+    match = _EXPERT_FIELD.fullmatch(text)
+    return parse_expert(match.group(1) if match and match.group(1) else text, where)
 
 
 def parse_expert(value: Any, where: str) -> ExpertTag:
@@ -294,7 +289,8 @@ def _neuron_from_mapping(obj: dict[str, Any], where: str) -> Neuron:
 
 
 def parse_neuron_list(text: str, where: str = "--neurons") -> list[Neuron]:
-    """``"3:17,3:99,12:5"``; a third field gives a per-neuron factor: ``"3:17:0.5"``."""
+    """``"3:17,3:99,12:5"``; a third field gives a per-neuron factor: ``"3:17:0.5"``; an expert's neuron names
+    its expert second: ``"5:e17:301"``, ``"5:shared:12:0.5"``."""
     items = [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
     if not items:
         raise NeuronSetError(f"{where}: no neurons given (expected LAYER:INDEX[,LAYER:INDEX...])")
@@ -303,12 +299,16 @@ def parse_neuron_list(text: str, where: str = "--neurons") -> list[Neuron]:
 
 def _parse_csv(text: str, where: str) -> list[Neuron]:
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    expert_column = False
     if rows and not _DIGITS.fullmatch(rows[0][0].strip().lstrip("-")):
         header = [c.strip().lower() for c in rows[0]]
-        if header[:2] != ["layer", "index"]:
-            raise NeuronSetError(f"{where}: CSV header must start with layer,index, got {rows[0]!r}")
+        expert_column = header[:3] == ["layer", "expert", "index"]
+        if header[:2] != ["layer", "index"] and not expert_column:
+            raise NeuronSetError(f"{where}: CSV header must start with layer,index (or layer,expert,index), "
+                                 f"got {rows[0]!r}")
         rows = rows[1:]
-    return [_neuron_from_fields([c.strip() for c in row], f"{where} row {i}") for i, row in enumerate(rows, start=1)]
+    return [_neuron_from_fields([c.strip() for c in row], f"{where} row {i}", expert_column)
+            for i, row in enumerate(rows, start=1)]
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:

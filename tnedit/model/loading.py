@@ -19,7 +19,8 @@ from tnedit.architectures import (
 )
 from tnedit.checkpoint import open_checkpoint, resolve_source
 from tnedit.errors import InputError
-from tnedit.formats.neurons import ModelInfo, fingerprint
+from tnedit.formats.digest import fingerprint
+from tnedit.formats.neurons import ModelInfo
 from tnedit.model.distributed import current_world, device_map_memory
 from tnedit.model.experts import Consumer, neuron_weight_parts, watch_neurons
 from tnedit.model.hooks import HookSet
