@@ -246,3 +246,23 @@ def test_lape_probabilities_are_shares_of_the_tokens_routed_to_each_expert(model
                 expected = (active / routed[:, None]).ravel()
                 got = counts.probs[layer, : EXPERTS * EXPERT_WIDTH, j]
                 np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "gpt_oss"])
+def test_runtime_hook_on_the_prompt_edits_every_real_token(models, model_type):
+    """With right padding, editing the prompt's tokens gives the real tokens what editing every position gives."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models[model_type]).eval()
+    ids = torch.randint(4, 300, (2, 7), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    spec = make_edit_spec(_edited_neurons(model_type), "scale", 3.0)
+    outputs = {}
+    for positions in ("all", "prompt"):
+        with RuntimeEdit(model, spec, positions) as edit, torch.no_grad():
+            edit.set_attention_mask(mask)
+            outputs[positions] = model(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(outputs["prompt"][real], outputs["all"][real], atol=1e-6, rtol=0)
+    assert (outputs["prompt"][~real] - outputs["all"][~real]).abs().max() > 1e-5  # padding left unedited
