@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.tiny_moe import EXPERT_WIDTH, EXPERTS, MOE_TYPES, SHARED_WIDTH, make_tiny_moe
+from tests.support.tiny_moe import DENSE_FIRST, EXPERT_WIDTH, EXPERTS, MOE_TYPES, SHARED_WIDTH, make_tiny_moe
 from tnedit.architectures import decoder_layers, get_architecture, neuron_space
 from tnedit.edit.runtime import RuntimeEdit, apply_to_model
 from tnedit.edit.spec import make_edit_spec
@@ -43,7 +43,7 @@ def _edited_neurons(model_type: str) -> list[Neuron]:
     neurons = [Neuron(2, 3, expert=1), Neuron(2, 5, expert=0), Neuron(1, 7, expert=3), Neuron(1, 0, expert=1)]
     if model_type in SHARED_WIDTH:
         neurons.append(Neuron(1, 2, expert="shared"))
-    if model_type in ("qwen2_moe", "qwen3_moe", "deepseek_v3"):
+    if model_type in DENSE_FIRST:
         neurons.append(Neuron(0, 4))
     return neurons
 
@@ -76,7 +76,7 @@ def test_the_neuron_space_follows_the_config(models, model_type):
     config = json.loads((models[model_type] / "config.json").read_text())
     space = neuron_space(config, get_architecture(model_type))
     moe_width = EXPERTS * EXPERT_WIDTH + SHARED_WIDTH.get(model_type, 0)
-    dense_first = model_type in ("qwen2_moe", "qwen3_moe", "deepseek_v3")
+    dense_first = model_type in DENSE_FIRST
     assert [space.layer_width(layer) for layer in range(3)] == [48 if dense_first else moe_width] + [moe_width] * 2
     assert space.width == moe_width
     assert space.neuron(1, 2 * EXPERT_WIDTH + 5) == Neuron(1, 5, expert=2)

@@ -44,6 +44,7 @@ JAMBA = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=16, num_expe
              expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4,
              mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4, num_attention_heads=4, num_key_value_heads=2,
              vocab_size=VOCAB, use_mamba_kernels=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# The types whose layer 0 is a dense MLP, and the shared expert's width of those that have one.
 DENSE_FIRST = ("qwen2_moe", "qwen3_moe", "deepseek_v3")
 SHARED_WIDTH = {"qwen2_moe": 24, "deepseek_v3": EXPERT_WIDTH}
 
