@@ -205,7 +205,7 @@ class RuntimeEdit:
         def edit(routed_to: int, token: Any, a: Any, tokens: int) -> Any:
             if routed_to != expert:
                 return a
-            mask = self._position_mask(a.new_empty(tokens, 0)) if self.positions != "all" else None
+            mask = self._flat_mask(tokens, a.device)  # the experts see (batch × time) rows
             if mask is False:
                 return a
             return _scaled(a, idx, factors, None if mask is None else mask[token.to(mask.device)])
@@ -214,14 +214,27 @@ class RuntimeEdit:
 
     def _position_mask(self, x: Any) -> Any:
         """None = every position; False = skip this pass; else a bool mask shaped like x[..., 0]."""
+        if x.dim() == 2:  # layers that flatten (batch, time) first, e.g. OPT
+            return self._flat_mask(x.shape[0], x.device)
+        mask = self._current_mask()
+        if mask is None:
+            return None
+        mask = mask.to(x.device)
+        return mask if tuple(mask.shape) == tuple(x.shape[:2]) else False
+
+    def _flat_mask(self, rows: int, device: Any) -> Any:
+        """The position mask over ``rows`` flattened (batch × time) rows; None = every row; False = skip the pass."""
+        mask = self._current_mask()
+        if mask is None:
+            return None
+        return mask.to(device).reshape(-1) if mask.numel() == rows else False
+
+    def _current_mask(self) -> Any:
         if self.positions == "all":
             return None
         if self._mask is None:
             raise LibraryUsageError("RuntimeEdit: call set_attention_mask() before each forward")
-        mask = self._mask.to(x.device)
-        if x.dim() == 2:  # layers that flatten (batch, time) first, e.g. OPT
-            return mask.reshape(-1) if mask.numel() == x.shape[0] else False
-        return mask if tuple(mask.shape) == tuple(x.shape[:2]) else False
+        return self._mask
 
 
 def _scaled(x: Any, idx: Any, factors: Any, mask: Any) -> Any:
