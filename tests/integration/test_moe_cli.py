@@ -43,6 +43,13 @@ def test_identify_apply_evaluate_revert_an_moe_model(model_type, tmp_path, capsy
     assert code == 0, err
     assert json.loads(stdout)["per_expert"] == neurons.per_expert_counts()
 
+    code, _, err = run_cli(["identify", str(model), "--control", "random", "--like", str(out / "neurons-ja-type1.json"),
+                            "-o", str(tmp_path / "control.json"), "--seed", "3", "--quiet"], capsys)
+    assert code == 0, err
+    drawn = load_neurons(tmp_path / "control.json")
+    assert neurons_per_layer_and_expert(drawn) == neurons_per_layer_and_expert(neurons)
+    assert not drawn.keys() & neurons.keys()
+
     edited = tmp_path / "edited"
     code, _, err = run_cli(["apply", str(model), str(out / "neurons-ja-type1.json"), "-o", str(edited), "--quiet"],
                            capsys)

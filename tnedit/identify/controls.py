@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tnedit.checkpoint import is_hub_id, open_checkpoint
+from tnedit.checkpoint import Checkpoint, is_hub_id, open_checkpoint
 from tnedit.edit.spec import check_neurons
 from tnedit.errors import InputError, NeuronSetError
 from tnedit.experts import NeuronSpace, expert_label
@@ -147,12 +147,12 @@ def _expert_control(like: NeuronSet, space: NeuronSpace, seed: int) -> NeuronSet
     return NeuronSet(neurons=picked, model=like.model, method=method)
 
 
-def model_space(model: str) -> NeuronSpace | None:
-    """A local mixture-of-experts checkpoint's neuron space (from its config), else None."""
+def _local_checkpoint(model: str) -> Checkpoint | None:
+    """The checkpoint of a local directory (a path that is no model directory fails here, one line); None for a
+    Hub id."""
     local = Path(model).expanduser()
     if local.exists() or not is_hub_id(str(model)):
-        checkpoint = open_checkpoint(local)
-        return checkpoint.neuron_space if checkpoint.neuron_space.moe else None
+        return open_checkpoint(local)
     return None
 
 
@@ -162,9 +162,11 @@ def model_shape(model: str, like: NeuronSet | None = None) -> tuple[ModelInfo | 
     Reads the checkpoint headers of a local directory (via :mod:`tnedit.checkpoint`); for a Hub id
     falls back to the ``model`` block of ``like``.
     """
-    local = Path(model).expanduser()
-    if local.exists() or not is_hub_id(str(model)):
-        checkpoint = open_checkpoint(local)  # a path that is no model directory fails here, one line
+    return _shape(_local_checkpoint(model), model, like)
+
+
+def _shape(checkpoint: Checkpoint | None, model: str, like: NeuronSet | None) -> tuple[ModelInfo | None, int, int]:
+    if checkpoint is not None:
         info = ModelInfo(
             name_or_path=model,
             model_type=checkpoint.model_type,
@@ -201,8 +203,9 @@ def run_random_control(settings: IdentifySettings, *, reporter: Reporter | None 
     out = control_path(like, settings.seed, None if settings.output is None else str(settings.output))
     check_output_json(out, overwrite=settings.overwrite, inputs=[like], model=model)
     reference = read_neurons(like, "--like")
-    info, num_layers, width = model_shape(model, reference)
-    space = model_space(model) if info is not None else None
+    checkpoint = _local_checkpoint(model)
+    info, num_layers, width = _shape(checkpoint, model, reference)
+    space = checkpoint.neuron_space if checkpoint is not None and checkpoint.neuron_space.moe else None
     if space is None and reference.has_experts:
         raise NeuronSetError(f"{like}: the set names experts; --control random needs the mixture-of-experts model "
                              "as a local directory to read its experts from")
