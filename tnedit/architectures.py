@@ -379,6 +379,12 @@ class ConfigShape:
     def neuron_space(self) -> NeuronSpace:
         return neuron_space(self.config, self.arch)
 
+    def expert_projection_shapes(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        """What a mixture-of-experts model's fingerprint hashes for its projections: ``(hidden, width)`` per
+        layer, the same for a checkpoint and a loaded model, whatever the experts' on-disk layout."""
+        shape = (self.hidden_size, self.intermediate_size)
+        return [(layer, self.arch.out_proj_weight, shape) for layer in range(self.num_layers)]
+
 
 def out_proj_key(prefix: str, layer: int, arch: Architecture) -> str:
     return f"{prefix}.{layer}.{arch.out_proj_weight}"

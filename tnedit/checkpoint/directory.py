@@ -173,9 +173,8 @@ class Checkpoint(ConfigShape):
         return {p.name: p for p in self.projections.values()}
 
     def _projection_shapes(self) -> list[tuple[int, str, tuple[int, ...]]]:
-        if self.arch.experts is not None:  # as a loaded model's shape-only fingerprint: (hidden, width) per layer
-            return [(layer, self.arch.out_proj_weight, (self.hidden_size, self.intermediate_size))
-                    for layer in range(self.num_layers)]
+        if self.arch.experts is not None:
+            return self.expert_projection_shapes()
         return [
             (layer, self.arch.out_proj_weight, self.tensor(self.out_proj_name(layer)).shape)
             for layer in range(self.num_layers)
@@ -196,10 +195,7 @@ class Checkpoint(ConfigShape):
 
     def content_sample_sha256(self) -> str:
         """SHA-256 over the first CONTENT_SAMPLE bytes of every decoder tensor but the output projections."""
-        if self.arch.experts is None:
-            out_projs = {self.out_proj_name(layer) for layer in range(self.num_layers)}
-        else:
-            out_projs = {p.name for p in self.projections.values()}
+        out_projs = set(self._projections_by_name)
         prefix = self.layer_prefix + "."
         names = sorted(n for n in self.tensor_file if n.startswith(prefix) and n not in out_projs)
         sha = hashlib.sha256()

@@ -304,9 +304,12 @@ def _write_weight_files(
     return {f: results[f] for f in ckpt.weight_files}, originals
 
 
+ROWS_TAG = "::rows="  # a revert file's key of one expert's slab: NAME::rows=R0:R1
+
+
 def revert_key(name: str, rows: tuple[int, int] | None) -> str:
     """``NAME`` for a whole 2-D weight, ``NAME::rows=R0:R1`` for one expert's slab of a fused tensor."""
-    return name if rows is None else f"{name}::rows={rows[0]}:{rows[1]}"
+    return name if rows is None else f"{name}{ROWS_TAG}{rows[0]}:{rows[1]}"
 
 
 def _write_revert_file(

@@ -40,7 +40,7 @@ from tnedit.checkpoint import (
     require_directory,
     view_shape,
 )
-from tnedit.edit.bake import SlicePatch
+from tnedit.edit.bake import ROWS_TAG, SlicePatch
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
 from tnedit.errors import CheckpointError
 from tnedit.formats.outputs import atomic_directory, check_output_dir
@@ -77,7 +77,7 @@ def _restore_patches(
     for key in _restored_keys(revert, ckpt):
         name, rows = _split_rows(revert, key)
         axis, region = _region(revert, ckpt, key, name, rows)
-        indices, original = _revert_slices(revert, ckpt, key, axis, region)
+        indices, original = _revert_slices(revert, ckpt, key, name, axis, region)
         # Keys of one tensor all have rows (fused) or it has one key: so one axis, and slabs that never overlap.
         restore[ckpt.tensor_file[name]].setdefault(name, SlicePatch(axis)).add(indices, original=original, rows=rows)
     for f in ckpt.weight_files:
@@ -105,9 +105,6 @@ def _restored_keys(revert: SafetensorsHeader, ckpt: Checkpoint) -> list[str]:
         elif f"{key}::original" not in revert.tensors:
             raise CheckpointError(f"{revert.path}: has '{entry}' but no '{key}::original'")
     return keys
-
-
-ROWS_TAG = "::rows="
 
 
 def _split_rows(revert: SafetensorsHeader, key: str) -> tuple[str, tuple[int, int] | None]:
@@ -145,10 +142,9 @@ def _region(
 
 
 def _revert_slices(
-    revert: SafetensorsHeader, ckpt: Checkpoint, key: str, axis: int, region: tuple[int, int]
+    revert: SafetensorsHeader, ckpt: Checkpoint, key: str, name: str, axis: int, region: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The indices and original slices of one entry, checked against the slice of the tensor they restore."""
-    name = key.split(ROWS_TAG, 1)[0]
+    """The indices and original slices of entry ``key`` (of tensor ``name``), checked against the slice they restore."""
     info, where = ckpt.tensor(name), f"{revert.path}: tensor '{key}::indices'"
     index_info = revert.tensors.get(f"{key}::indices")
     if index_info is None or index_info.dtype != "I64" or len(index_info.shape) != 1:

@@ -131,9 +131,9 @@ class LoadedModel(ConfigShape):
         """The checkpoint's fingerprint, from its files (the loaded dtype may differ); shape-only without files."""
         if self.path is not None:
             return open_checkpoint(self.path).fingerprint()
-        moe_shape = (self.hidden_size, self.intermediate_size)  # as Checkpoint's, for an MoE model
-        shape = (lambda i: moe_shape) if self.is_moe else (lambda i: self.out_proj(i).weight.shape)
-        shapes = [(i, self.arch.out_proj_weight, tuple(shape(i))) for i in range(len(self.layers))]
+        if self.is_moe:
+            return fingerprint(self.config["model_type"], self.expert_projection_shapes())
+        shapes = [(i, self.arch.out_proj_weight, tuple(self.out_proj(i).weight.shape)) for i in range(len(self.layers))]
         return fingerprint(self.config["model_type"], shapes)
 
     def model_info(self) -> ModelInfo:
