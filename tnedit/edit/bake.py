@@ -42,7 +42,7 @@ from tnedit.edit.spec import EditSpec, LayerEdit, check_fingerprint, check_neuro
 from tnedit.edit.workers import copy_side_files, file_size, in_parallel, write_new_text
 from tnedit.errors import CheckpointError
 from tnedit.formats import card
-from tnedit.formats.neurons import Neuron, NeuronSet, method_dict
+from tnedit.formats.neurons import NeuronSet, method_dict
 from tnedit.formats.outputs import atomic_directory, check_output_dir
 from tnedit.formats.provenance import (
     CARD_NAME,
@@ -362,15 +362,9 @@ def _edit_record(spec: EditSpec) -> EditRecord:
         factor=spec.factor,
         n_neurons=len(spec.neurons),
         per_layer={str(k): v for k, v in spec.per_layer_counts().items()},
-        neurons=[_neuron_entry(n, spec.factor_of(n)) for n in spec.neurons],
+        neurons=spec.entries(),
         semantics=SEMANTICS_NOTE,
     )
-
-
-def _neuron_entry(neuron: Neuron, factor: float) -> list[Any]:
-    """``[layer, index, factor]``, with the expert (a number or "shared") appended for an expert's neuron."""
-    entry: list[Any] = [neuron.layer, neuron.index, factor]
-    return entry if neuron.expert is None else [*entry, neuron.expert]
 
 
 def _provenance(

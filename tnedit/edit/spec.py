@@ -58,6 +58,10 @@ class EditSpec:
             out.append(LayerEdit(layer, tuple(i for i, _ in pairs), tuple(f for _, f in pairs), expert))
         return out
 
+    def entries(self) -> list[list[Any]]:
+        """Every neuron as provenance records it: ``[layer, index, factor]``, an expert's with the expert appended."""
+        return [[n.layer, n.index, self.factor_of(n), *n.key[2:]] for n in self.neurons]
+
     def per_layer_counts(self) -> dict[int, int]:
         counts: dict[int, int] = defaultdict(int)
         for edit in self.by_layer():

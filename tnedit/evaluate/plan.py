@@ -47,7 +47,7 @@ class Plan:
 
 def spec_sha256(spec: EditSpec) -> str:
     """SHA-256 of the edit's ``[layer, index, factor]`` rows as JSON (the report's ``edit_sha256``)."""
-    return sha256_json([[n.layer, n.index, spec.factor_of(n), *n.key[2:]] for n in spec.neurons])
+    return sha256_json(spec.entries())
 
 
 def refuse_unless_forced(msg: str, force: bool, reporter: Reporter, error: type[InputError] = InputError) -> None:
